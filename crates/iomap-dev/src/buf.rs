@@ -1,0 +1,155 @@
+//! Aligned data buffers shared between the page cache and devices.
+//!
+//! A folio's bytes live in an [`IoBuf`]: one aligned allocation, zeroed when made, aligned for
+//! O_DIRECT. The cache and a device share it as a [`SharedBuf`]; the `RwLock` around it is the
+//! only thing that lets a device fill a buffer while a reader copies out of another part of the
+//! cache, so it is held for exactly the span of a copy or a device transfer, never across a wait
+//! on anything else.
+//!
+//! Lock order: a device that holds several buffers of one request locks them in the order the
+//! request lists them, which is file order; nothing takes a buffer lock and then waits for
+//! another lock of the cache.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+/// The alignment every [`IoBuf`] gets: enough for O_DIRECT on any logical block size up to
+/// 4 KiB and for page-granular io_uring registration.
+pub const IO_BUF_ALIGN: usize = 4096;
+
+/// A zero-initialised, [`IO_BUF_ALIGN`]-aligned heap buffer of fixed length.
+pub struct IoBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `IoBuf` owns its allocation exclusively (like `Box<[u8]>`); moving it to another
+// thread moves that ownership.
+unsafe impl Send for IoBuf {}
+// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut IoBuf`.
+unsafe impl Sync for IoBuf {}
+
+impl IoBuf {
+    /// Allocates `len` zeroed bytes. `len` may be zero.
+    ///
+    /// # Panics
+    /// Only when the allocator itself fails (as `Vec` does).
+    pub fn zeroed(len: usize) -> Self {
+        if len == 0 {
+            return Self {
+                ptr: NonNull::dangling(),
+                len: 0,
+            };
+        }
+        let layout = Self::layout(len);
+        // SAFETY: `layout` has a non-zero size (checked above) and a valid power-of-two alignment.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        Self { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        match Layout::from_size_align(len, IO_BUF_ALIGN) {
+            Ok(layout) => layout,
+            Err(_) => panic!("IoBuf of {len} bytes exceeds the address space"),
+        }
+    }
+
+    /// Wraps the buffer for sharing between the cache and devices.
+    pub fn shared(self) -> SharedBuf {
+        Arc::new(RwLock::new(self))
+    }
+}
+
+impl Deref for IoBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` initialised bytes (zeroed at allocation, or dangling
+        // with `len == 0`), owned by `self`, and borrowed immutably for the lifetime of `&self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for IoBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for IoBuf {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: allocated in `zeroed` with exactly this layout and not freed since.
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        }
+    }
+}
+
+impl fmt::Debug for IoBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoBuf").field("len", &self.len).finish()
+    }
+}
+
+/// A buffer shared by the cache and the devices; see the module comment for the locking rule.
+pub type SharedBuf = Arc<RwLock<IoBuf>>;
+
+/// A byte range of a shared buffer: one scatter-gather element of a device request.
+#[derive(Clone)]
+pub struct BufRange {
+    /// The buffer.
+    pub buf: SharedBuf,
+    /// Offset of the first byte within `buf`.
+    pub offset: usize,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl BufRange {
+    /// A range of `buf`.
+    pub fn new(buf: SharedBuf, offset: usize, len: usize) -> Self {
+        Self { buf, offset, len }
+    }
+}
+
+impl fmt::Debug for BufRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufRange")
+            .field("buf", &Arc::as_ptr(&self.buf))
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_zeroed_and_aligned() {
+        for len in [0, 1, 512, 4096, 65536 + 7] {
+            let buf = IoBuf::zeroed(len);
+            assert_eq!(buf.len(), len);
+            assert!(buf.iter().all(|&b| b == 0));
+            if len > 0 {
+                assert_eq!(buf.as_ptr() as usize % IO_BUF_ALIGN, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn writes_are_visible_through_the_shared_lock() {
+        let shared = IoBuf::zeroed(8192).shared();
+        shared.write()[100..104].copy_from_slice(b"abcd");
+        assert_eq!(&shared.read()[100..104], b"abcd");
+    }
+}

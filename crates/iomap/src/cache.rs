@@ -1,0 +1,69 @@
+//! The page cache as a whole: configuration shared by every mapping, and its counters.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::stats::CacheStats;
+
+/// Sizes that shape every folio of a cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// The base page size: the smallest folio, and the unit folio indices count in.
+    pub page_size: usize,
+    /// The largest folio. Large writes and reads use folios up to this size.
+    pub max_folio_size: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 4096,
+            max_folio_size: 2 << 20,
+        }
+    }
+}
+
+/// A page cache: the configuration and counters every [`crate::Mapping`] of it shares.
+pub struct PageCache {
+    config: CacheConfig,
+    stats: CacheStats,
+}
+
+impl PageCache {
+    /// A cache with `config`, checked: sizes are powers of two, pages 512 B..64 KiB, and the
+    /// largest folio at least a page and at most 1 GiB.
+    pub fn new(config: CacheConfig) -> Result<Arc<Self>> {
+        let CacheConfig {
+            page_size,
+            max_folio_size,
+        } = config;
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+            return Err(Error::InvalidArgument(format!(
+                "page size {page_size} is not a power of two from 512 to 65536"
+            )));
+        }
+        if !max_folio_size.is_power_of_two()
+            || max_folio_size < page_size
+            || max_folio_size > 1 << 30
+        {
+            return Err(Error::InvalidArgument(format!(
+                "maximum folio size {max_folio_size} is not a power of two from the page size \
+                 {page_size} to 1 GiB"
+            )));
+        }
+        Ok(Arc::new(Self {
+            config,
+            stats: CacheStats::default(),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> CacheConfig {
+        self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+}

@@ -1,0 +1,576 @@
+//! Folios: naturally aligned, power-of-two runs of file bytes held in the cache.
+//!
+//! A folio carries whole-folio flags (locked, uptodate, dirty, writeback) and, when it holds
+//! more than one block, a [`FolioState`] with a bit per block. The state is made on first need
+//! and inherits the whole-folio flags then. A folio of one block never has state: its flags say
+//! everything.
+//!
+//! Locking: the folio lock ([`Folio::lock`]) is held across read I/O (released by the last
+//! completion), across `write_begin`..`write_end`, and while writeback is set up. The state
+//! mutex is a leaf lock held only for bit operations. The data lock (inside [`SharedBuf`]) is a
+//! leaf lock held only for the span of a copy or a device transfer; copying out of an uptodate
+//! folio takes it shared and never takes the folio lock.
+//!
+//! Lock order: folio lock (in file order when several) → state mutex; folio lock → data lock.
+//! The state mutex and data lock are never held together and never held across a submit.
+
+mod state;
+
+pub use state::{BlockBitmap, FolioState};
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use iomap_dev::{IoBuf, SharedBuf};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+const LOCKED: u32 = 1 << 0;
+const UPTODATE: u32 = 1 << 1;
+const DIRTY: u32 = 1 << 2;
+const WRITEBACK: u32 = 1 << 3;
+const WAITERS: u32 = 1 << 4;
+const DETACHED: u32 = 1 << 5;
+
+/// A folio of the page cache.
+pub struct Folio {
+    pos: u64,
+    size: usize,
+    block_shift: u32,
+    flags: AtomicU32,
+    state: Mutex<Option<FolioState>>,
+    data: SharedBuf,
+    /// Errno of the last failed read into this folio, for the reader waiting on it.
+    read_error: AtomicI32,
+    waitq: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A snapshot of a folio's flags and per-block bits, for tests and diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolioSnapshot {
+    /// File offset of the first byte.
+    pub pos: u64,
+    /// Size in bytes.
+    pub size: usize,
+    /// Whole folio uptodate.
+    pub uptodate: bool,
+    /// Folio has dirty blocks.
+    pub dirty: bool,
+    /// Folio is under writeback.
+    pub writeback: bool,
+    /// Per-block uptodate bits (one entry when the folio holds one block).
+    pub uptodate_blocks: Vec<bool>,
+    /// Per-block dirty bits.
+    pub dirty_blocks: Vec<bool>,
+    /// Whether a `FolioState` exists.
+    pub has_state: bool,
+}
+
+impl Folio {
+    /// A new folio of `size` bytes at file offset `pos`, returned locked and not uptodate.
+    pub(crate) fn new_locked(pos: u64, size: usize, block_shift: u32) -> FolioGuard {
+        debug_assert!(size.is_power_of_two() && size >= 1 << block_shift);
+        debug_assert_eq!(
+            pos % size as u64,
+            0,
+            "folio at {pos} is not naturally aligned"
+        );
+        let folio = Arc::new(Self {
+            pos,
+            size,
+            block_shift,
+            flags: AtomicU32::new(LOCKED),
+            state: Mutex::new(None),
+            data: IoBuf::zeroed(size).shared(),
+            read_error: AtomicI32::new(0),
+            waitq: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        FolioGuard { folio: Some(folio) }
+    }
+
+    /// File offset of the first byte.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// One past the last file byte.
+    pub fn end(&self) -> u64 {
+        self.pos + self.size as u64
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> usize {
+        1 << self.block_shift
+    }
+
+    /// Number of blocks.
+    pub fn nblocks(&self) -> usize {
+        self.size >> self.block_shift
+    }
+
+    /// The buffer holding the folio's bytes.
+    pub fn data(&self) -> &SharedBuf {
+        &self.data
+    }
+
+    fn test(&self, bit: u32) -> bool {
+        self.flags.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Every block is uptodate.
+    pub fn is_uptodate(&self) -> bool {
+        self.test(UPTODATE)
+    }
+
+    /// Some block is dirty.
+    pub fn is_dirty(&self) -> bool {
+        self.test(DIRTY)
+    }
+
+    /// Under writeback.
+    pub fn is_writeback(&self) -> bool {
+        self.test(WRITEBACK)
+    }
+
+    /// Locked by someone.
+    pub fn is_locked(&self) -> bool {
+        self.test(LOCKED)
+    }
+
+    /// Removed from its mapping (truncated, invalidated or reclaimed).
+    pub fn is_detached(&self) -> bool {
+        self.test(DETACHED)
+    }
+
+    /// Blocks `[first, first + count)` covering byte range `[off, off + len)` of the folio,
+    /// including partially covered blocks.
+    pub fn blocks_of(&self, off: usize, len: usize) -> (usize, usize) {
+        if len == 0 {
+            return (off >> self.block_shift, 0);
+        }
+        let first = off >> self.block_shift;
+        let last = (off + len - 1) >> self.block_shift;
+        (first, last - first + 1)
+    }
+
+    fn state(&self) -> MutexGuard<'_, Option<FolioState>> {
+        self.state.lock()
+    }
+
+    /// The folio's state, made now if the folio holds several blocks and has none yet; `None`
+    /// for a single-block folio.
+    fn state_mut<'a>(
+        &self,
+        slot: &'a mut MutexGuard<'_, Option<FolioState>>,
+    ) -> Option<&'a mut FolioState> {
+        if self.nblocks() == 1 {
+            return None;
+        }
+        if slot.is_none() {
+            **slot = Some(FolioState::new(
+                self.nblocks(),
+                self.is_uptodate(),
+                self.is_dirty(),
+            ));
+        }
+        slot.as_mut()
+    }
+
+    /// Whether every block touching `[off, off + len)` is uptodate.
+    pub fn range_uptodate(&self, off: usize, len: usize) -> bool {
+        if self.is_uptodate() {
+            return true;
+        }
+        let (first, count) = self.blocks_of(off, len);
+        match &*self.state() {
+            Some(s) => s.uptodate.all_set(first, count),
+            None => false,
+        }
+    }
+
+    /// Whether block `block` is uptodate.
+    pub fn block_uptodate(&self, block: usize) -> bool {
+        self.range_uptodate(block << self.block_shift, 1 << self.block_shift)
+    }
+
+    /// Whether block `block` is dirty.
+    pub fn block_dirty(&self, block: usize) -> bool {
+        if !self.is_dirty() {
+            return false;
+        }
+        match &*self.state() {
+            Some(s) => s.dirty.get(block),
+            None => true,
+        }
+    }
+
+    /// Marks the blocks touching `[off, off + len)` uptodate, and the folio when all are. The
+    /// caller guarantees those blocks hold the file's bytes.
+    pub(crate) fn set_range_uptodate(&self, off: usize, len: usize) {
+        if len == 0 || self.is_uptodate() {
+            return;
+        }
+        let all = {
+            let mut slot = self.state();
+            match self.state_mut(&mut slot) {
+                Some(s) => {
+                    let (first, count) = self.blocks_of(off, len);
+                    s.uptodate.set_range(first, count);
+                    s.uptodate.is_full()
+                }
+                None => true,
+            }
+        };
+        if all {
+            self.flags.fetch_or(UPTODATE, Ordering::Release);
+        }
+    }
+
+    /// The dirty byte ranges of the folio, in order, block aligned.
+    pub fn dirty_ranges(&self) -> Vec<(usize, usize)> {
+        if !self.is_dirty() {
+            return Vec::new();
+        }
+        match &*self.state() {
+            Some(s) => s
+                .dirty
+                .runs()
+                .map(|(first, count)| (first << self.block_shift, count << self.block_shift))
+                .collect(),
+            None => vec![(0, self.size)],
+        }
+    }
+
+    /// Zeroes `len` bytes at `off`; the caller owns the folio lock (possibly handed to I/O).
+    pub(crate) fn zero_data(&self, off: usize, len: usize) {
+        self.data.write()[off..off + len].fill(0);
+    }
+
+    /// Copies `dst.len()` bytes from folio offset `off`.
+    pub fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        dst.copy_from_slice(&self.data.read()[off..off + dst.len()]);
+    }
+
+    /// Flags and per-block bits, for tests and diagnostics.
+    pub fn snapshot(&self) -> FolioSnapshot {
+        let slot = self.state();
+        let n = self.nblocks();
+        let (uptodate_blocks, dirty_blocks) = match &*slot {
+            Some(s) => (
+                (0..n).map(|i| s.uptodate.get(i)).collect(),
+                (0..n).map(|i| s.dirty.get(i)).collect(),
+            ),
+            None => (vec![self.is_uptodate(); n], vec![self.is_dirty(); n]),
+        };
+        FolioSnapshot {
+            pos: self.pos,
+            size: self.size,
+            uptodate: self.is_uptodate(),
+            dirty: self.is_dirty(),
+            writeback: self.is_writeback(),
+            uptodate_blocks,
+            dirty_blocks,
+            has_state: slot.is_some(),
+        }
+    }
+
+    /// Bytes of read I/O pending, as [`FolioState`] counts them (0 without state).
+    pub fn read_bytes_pending(&self) -> u64 {
+        self.state().as_ref().map_or(0, |s| s.read_bytes_pending)
+    }
+
+    // ---- locking and waiting ----
+
+    /// Takes the folio lock, waiting for it.
+    pub fn lock(self: &Arc<Self>) -> FolioGuard {
+        loop {
+            if let Some(guard) = self.try_lock() {
+                return guard;
+            }
+            self.wait_while(LOCKED);
+        }
+    }
+
+    /// Takes the folio lock if it is free.
+    pub fn try_lock(self: &Arc<Self>) -> Option<FolioGuard> {
+        let old = self.flags.fetch_or(LOCKED, Ordering::AcqRel);
+        (old & LOCKED == 0).then(|| FolioGuard {
+            folio: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Waits until nobody holds the folio lock (without taking it).
+    pub fn wait_unlocked(&self) {
+        self.wait_while(LOCKED);
+    }
+
+    /// Waits until the folio is not under writeback: the stable-pages rule.
+    pub fn wait_writeback(&self) {
+        self.wait_while(WRITEBACK);
+    }
+
+    fn wait_while(&self, bit: u32) {
+        if !self.test(bit) {
+            return;
+        }
+        let mut q = self.waitq.lock();
+        loop {
+            // Announce the waiter before re-checking, under the queue lock, so that a clearer
+            // either sees WAITERS or we see its cleared bit.
+            self.flags.fetch_or(WAITERS, Ordering::SeqCst);
+            if self.flags.load(Ordering::SeqCst) & bit == 0 {
+                return;
+            }
+            self.wake.wait(&mut q);
+        }
+    }
+
+    fn clear_and_wake(&self, bit: u32) {
+        let old = self.flags.fetch_and(!bit, Ordering::SeqCst);
+        debug_assert!(old & bit != 0, "clearing flag {bit:#x} that was not set");
+        if old & WAITERS != 0 || self.flags.load(Ordering::SeqCst) & WAITERS != 0 {
+            let _q = self.waitq.lock();
+            self.flags.fetch_and(!WAITERS, Ordering::SeqCst);
+            self.wake.notify_all();
+        }
+    }
+
+    /// Releases a lock handed to I/O by [`FolioGuard::into_io`].
+    pub(crate) fn unlock_from_io(&self) {
+        self.clear_and_wake(LOCKED);
+    }
+
+    // ---- reads in flight ----
+
+    /// Starts a read of the locked folio: the reader holds a share of the whole folio in
+    /// `read_bytes_pending` until it either hands parts to device requests or gives the rest
+    /// back, so that no completion can end the read while it is still being built.
+    pub(crate) fn begin_read(&self) {
+        self.read_error.store(0, Ordering::Relaxed);
+        let mut slot = self.state();
+        if let Some(s) = self.state_mut(&mut slot) {
+            debug_assert_eq!(s.read_bytes_pending, 0);
+            s.read_bytes_pending = self.size as u64;
+        }
+    }
+
+    /// Gives back `bytes` of read-pending accounting; true when this ended the read, in which
+    /// case the caller must call [`Folio::end_read`]. A single-block folio has one owner of its
+    /// read at a time, so giving back always ends it.
+    pub(crate) fn read_done(&self, bytes: u64) -> bool {
+        let mut slot = self.state();
+        match slot.as_mut() {
+            Some(s) => {
+                s.read_bytes_pending = s
+                    .read_bytes_pending
+                    .checked_sub(bytes)
+                    .unwrap_or_else(|| panic!("read_bytes_pending underflow at {}", self.pos));
+                s.read_bytes_pending == 0
+            }
+            None => true,
+        }
+    }
+
+    /// Records a failed read so that a waiting reader can report its errno.
+    pub(crate) fn set_read_error(&self, errno: i32) {
+        self.read_error.store(errno, Ordering::Relaxed);
+    }
+
+    /// The errno of the last failed read, if any.
+    pub(crate) fn read_error(&self) -> Option<i32> {
+        match self.read_error.load(Ordering::Relaxed) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    /// Ends a read: the folio lock handed to I/O is released and waiters wake.
+    pub(crate) fn end_read(&self) {
+        #[cfg(debug_assertions)]
+        if let Some(s) = &*self.state() {
+            s.check();
+        }
+        self.unlock_from_io();
+    }
+
+    fn set_flag(&self, bit: u32) -> bool {
+        self.flags.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    pub(crate) fn detach(&self) {
+        self.flags.fetch_or(DETACHED, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for Folio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Folio")
+            .field("pos", &self.pos)
+            .field("size", &self.size)
+            .field(
+                "flags",
+                &format_args!("{:#x}", self.flags.load(Ordering::Relaxed)),
+            )
+            .finish()
+    }
+}
+
+/// Proof that the folio lock is held; dropping it unlocks.
+pub struct FolioGuard {
+    /// Always `Some` until `into_io` takes the lock away from the guard.
+    folio: Option<Arc<Folio>>,
+}
+
+impl Deref for FolioGuard {
+    type Target = Arc<Folio>;
+    fn deref(&self) -> &Arc<Folio> {
+        match &self.folio {
+            Some(folio) => folio,
+            None => unreachable!("a guard is not used after into_io"),
+        }
+    }
+}
+
+impl Drop for FolioGuard {
+    fn drop(&mut self) {
+        if let Some(folio) = self.folio.take() {
+            folio.clear_and_wake(LOCKED);
+        }
+    }
+}
+
+impl FolioGuard {
+    /// Hands the lock to I/O: the folio stays locked and the I/O path releases it with
+    /// [`Folio::end_read`].
+    pub(crate) fn into_io(mut self) -> Arc<Folio> {
+        match self.folio.take() {
+            Some(folio) => folio,
+            None => unreachable!("a guard is not used after into_io"),
+        }
+    }
+
+    /// Copies `src` into the folio at `off`.
+    pub fn copy_in(&self, off: usize, src: &[u8]) {
+        self.data.write()[off..off + src.len()].copy_from_slice(src);
+    }
+
+    /// Zeroes `len` bytes at `off`.
+    pub fn zero(&self, off: usize, len: usize) {
+        self.zero_data(off, len);
+    }
+
+    /// Marks the blocks touching `[off, off + len)` dirty. They must be uptodate. Returns true
+    /// when the folio was clean before, so the mapping can tag it.
+    pub(crate) fn set_range_dirty(&self, off: usize, len: usize) -> bool {
+        if len == 0 {
+            return false;
+        }
+        {
+            let mut slot = self.state();
+            if let Some(s) = self.state_mut(&mut slot) {
+                let (first, count) = self.blocks_of(off, len);
+                debug_assert!(
+                    s.uptodate.all_set(first, count),
+                    "dirtying blocks {first}+{count} that are not uptodate"
+                );
+                s.dirty.set_range(first, count);
+            }
+        }
+        self.set_flag(DIRTY)
+    }
+
+    /// Clears dirty bits for blocks wholly inside `[off, off + len)`. Returns true when the
+    /// folio became clean, so the mapping can untag it.
+    pub(crate) fn clear_range_dirty(&self, off: usize, len: usize) -> bool {
+        if !self.is_dirty() {
+            return false;
+        }
+        let bs = self.block_size();
+        let first = off.div_ceil(bs);
+        let end = (off + len) / bs;
+        if end <= first {
+            return false;
+        }
+        let clean = {
+            let mut slot = self.state();
+            match self.state_mut(&mut slot) {
+                Some(s) => {
+                    s.dirty.clear_range(first, end - first);
+                    !s.dirty.any_set(0, s.dirty.len())
+                }
+                None => true,
+            }
+        };
+        clean && self.flags.fetch_and(!DIRTY, Ordering::AcqRel) & DIRTY != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_made_only_for_multi_block_folios() {
+        let single = Folio::new_locked(0, 4096, 12);
+        single.set_range_uptodate(0, 4096);
+        assert!(single.is_uptodate());
+        assert!(!single.snapshot().has_state);
+
+        let multi = Folio::new_locked(0, 4096, 10);
+        multi.set_range_uptodate(0, 1024);
+        let snap = multi.snapshot();
+        assert!(snap.has_state && !snap.uptodate);
+        assert_eq!(snap.uptodate_blocks, [true, false, false, false]);
+        multi.set_range_uptodate(1024, 3072);
+        assert!(multi.is_uptodate());
+    }
+
+    #[test]
+    fn dirty_bits_are_per_block_and_the_folio_flag_follows() {
+        let f = Folio::new_locked(8192, 8192, 11);
+        f.set_range_uptodate(0, 8192);
+        assert!(f.set_range_dirty(2048, 1));
+        assert!(!f.set_range_dirty(6000, 10));
+        // Blocks 1 and 2 are dirty and adjacent: one range.
+        assert_eq!(f.dirty_ranges(), [(2048, 4096)]);
+        assert!(!f.clear_range_dirty(2048, 2048));
+        assert!(f.block_dirty(2) && !f.block_dirty(1));
+        assert!(f.clear_range_dirty(4096, 4096));
+        assert!(!f.is_dirty());
+    }
+
+    #[test]
+    fn the_lock_hands_over_between_threads() {
+        let g = Folio::new_locked(0, 4096, 12);
+        let folio = Arc::clone(&g);
+        let other = Arc::clone(&g);
+        let t = std::thread::spawn(move || other.lock().copy_in(0, b"x"));
+        g.copy_in(0, b"a");
+        // The other thread's copy can only happen after this guard drops.
+        drop(g);
+        t.join().unwrap();
+        let mut b = [0u8; 1];
+        folio.copy_out(0, &mut b);
+        assert_eq!(&b, b"x");
+        assert!(!folio.is_locked());
+    }
+
+    #[test]
+    fn a_lock_handed_to_io_is_released_by_end_read() {
+        let g = Folio::new_locked(0, 4096, 12);
+        let folio = g.into_io();
+        assert!(folio.is_locked());
+        assert!(Arc::clone(&folio).try_lock().is_none());
+        folio.end_read();
+        assert!(!folio.is_locked());
+        assert!(folio.try_lock().is_some());
+    }
+}

@@ -1,0 +1,47 @@
+//! A userspace rebuild of Linux's iomap buffered-I/O engine.
+//!
+//! A filesystem implements [`IomapOps`] (and, for writeback, `WritebackOps`) to say how file
+//! ranges map to its device; the engine keeps each file's cached data in a [`Mapping`] of
+//! [`Folio`]s with per-block uptodate and dirty state, and moves data between the cache, the
+//! caller and the [`iomap_dev::BlockDevice`] in as few, as large, device requests as the
+//! mapping allows.
+//!
+//! Entry points: [`buffered_read`], [`readahead`], [`read_folio`], [`buffered_write`],
+//! [`zero_range`], [`truncate_page`], [`file_unshare`], [`page_mkwrite`], [`seek_data`],
+//! [`seek_hole`], and on [`Mapping`] the invalidation calls [`Mapping::truncate_range`],
+//! [`Mapping::truncate_to`] and [`Mapping::release_clean`].
+//!
+//! The rules these keep are listed in `docs/design.md` §4 and each has a test named after it.
+
+#![forbid(unsafe_code)]
+
+mod cache;
+mod error;
+mod errseq;
+mod folio;
+mod iomap;
+mod iter;
+mod mapping;
+mod read;
+mod seek;
+mod stats;
+mod write;
+mod zero;
+
+pub use cache::{CacheConfig, PageCache};
+pub use error::{libc_errno, Error, Result};
+pub use errseq::{ErrSeq, ErrSeqSince};
+pub use folio::{BlockBitmap, Folio, FolioGuard, FolioSnapshot, FolioState};
+pub use iomap::{InlineData, Iomap, IomapFlags, IomapKind, IomapOps, IomapPair, IterFlags};
+pub use iter::IomapIter;
+pub use mapping::Mapping;
+pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
+pub use seek::{seek_data, seek_hole};
+pub use stats::{CacheStats, Counter, StatsSnapshot};
+pub use write::{
+    buffered_write, file_unshare, page_mkwrite, write_begin, write_end, MkwriteFolio, ReaderSource,
+    SliceSource, WriteSource,
+};
+pub use zero::{truncate_page, zero_range};
+
+pub use iomap_dev;

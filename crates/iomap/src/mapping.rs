@@ -1,0 +1,440 @@
+//! One file's page cache, the kernel's `address_space`: the folio index, the file size, dirty
+//! and writeback tags, the error sequence, and the invalidate lock.
+//!
+//! The index is sharded by max-folio-sized region: folios are naturally aligned and never cross
+//! such a region, so the folio covering an offset is always in that region's shard, and
+//! threads reading different regions do not touch the same lock.
+//!
+//! Lock order: invalidate lock → folio lock → (shard lock | tags lock | folio state). A shard
+//! lock is never held while waiting for a folio lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use iomap_dev::BlockDevice;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::cache::PageCache;
+use crate::error::{Error, Result};
+use crate::errseq::ErrSeq;
+use crate::folio::{Folio, FolioGuard};
+
+const SHARDS: usize = 64;
+
+type Shard = RwLock<BTreeMap<u64, Arc<Folio>>>;
+
+/// Dirty and writeback tags: folio offsets, for finding work without scanning every folio.
+#[derive(Debug, Default)]
+struct Tags {
+    dirty: BTreeSet<u64>,
+    writeback: BTreeSet<u64>,
+}
+
+/// One file's cached data.
+pub struct Mapping {
+    cache: Arc<PageCache>,
+    dev: Arc<dyn BlockDevice>,
+    block_shift: u32,
+    min_folio: usize,
+    max_folio: usize,
+    max_file_size: u64,
+    size: AtomicU64,
+    shards: Box<[Shard]>,
+    tags: Mutex<Tags>,
+    errseq: ErrSeq,
+    invalidate_lock: RwLock<()>,
+}
+
+impl Mapping {
+    /// A mapping for a file with `block_size`-byte blocks whose data lives on `dev`.
+    ///
+    /// The block size must be a power of two from 512 B to 64 KiB, at least the device's
+    /// logical block size and at most its maximum request. Folios are at least one block and
+    /// one page; when a block is larger than the cache's largest folio, the block wins.
+    pub fn new(cache: Arc<PageCache>, dev: Arc<dyn BlockDevice>, block_size: u32) -> Result<Self> {
+        if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+            return Err(Error::InvalidArgument(format!(
+                "block size {block_size} is not a power of two from 512 to 65536"
+            )));
+        }
+        if block_size < dev.logical_block_size() {
+            return Err(Error::InvalidArgument(format!(
+                "block size {block_size} is smaller than the device's logical block size {}",
+                dev.logical_block_size()
+            )));
+        }
+        if dev.max_request_bytes() < u64::from(block_size) {
+            return Err(Error::InvalidArgument(format!(
+                "the device's maximum request of {} bytes is smaller than a {block_size}-byte block",
+                dev.max_request_bytes()
+            )));
+        }
+        let config = cache.config();
+        let min_folio = config.page_size.max(block_size as usize);
+        let max_folio = config.max_folio_size.max(min_folio);
+        Ok(Self {
+            cache,
+            dev,
+            block_shift: block_size.trailing_zeros(),
+            min_folio,
+            max_folio,
+            max_file_size: i64::MAX as u64 & !(u64::from(block_size) - 1),
+            size: AtomicU64::new(0),
+            shards: (0..SHARDS).map(|_| RwLock::new(BTreeMap::new())).collect(),
+            tags: Mutex::new(Tags::default()),
+            errseq: ErrSeq::new(),
+            invalidate_lock: RwLock::new(()),
+        })
+    }
+
+    /// Sets the largest file size writes may reach (`EFBIG` beyond), rounded down to a block.
+    pub fn set_max_file_size(&mut self, max: u64) {
+        self.max_file_size = max.min(i64::MAX as u64) & !(self.block_size() as u64 - 1);
+    }
+
+    /// The largest file size.
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size
+    }
+
+    /// The cache this mapping belongs to.
+    pub fn cache(&self) -> &Arc<PageCache> {
+        &self.cache
+    }
+
+    /// The device holding the file's data.
+    pub fn dev(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> usize {
+        1 << self.block_shift
+    }
+
+    /// Smallest folio size.
+    pub fn min_folio_size(&self) -> usize {
+        self.min_folio
+    }
+
+    /// Largest folio size.
+    pub fn max_folio_size(&self) -> usize {
+        self.max_folio
+    }
+
+    /// The file size, the kernel's `i_size`.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Sets the file size. Shrinking does not drop cached data; see [`Mapping::truncate_to`].
+    pub fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::Release);
+    }
+
+    /// Raises the file size to `end` if it is smaller; true when it grew.
+    pub(crate) fn grow_size(&self, end: u64) -> bool {
+        self.size.fetch_max(end, Ordering::AcqRel) < end
+    }
+
+    /// The error sequence writeback errors are recorded in.
+    pub fn errseq(&self) -> &ErrSeq {
+        &self.errseq
+    }
+
+    /// The invalidate lock: taken shared by paths that add folios from the device (reads,
+    /// mapped writes) and exclusive by the filesystem around hole punching and truncation, so
+    /// no folio is read in from an extent that is being removed.
+    pub fn invalidate_lock(&self) -> &RwLock<()> {
+        &self.invalidate_lock
+    }
+
+    // ---- the index ----
+
+    fn shard(&self, pos: u64) -> &Shard {
+        &self.shards[(pos / self.max_folio as u64) as usize % SHARDS]
+    }
+
+    fn covering<'a>(map: &'a BTreeMap<u64, Arc<Folio>>, pos: u64) -> Option<&'a Arc<Folio>> {
+        map.range(..=pos)
+            .next_back()
+            .map(|(_, f)| f)
+            .filter(|f| f.end() > pos)
+    }
+
+    /// The cached folio holding `pos`, if any.
+    pub fn find_folio(&self, pos: u64) -> Option<Arc<Folio>> {
+        Self::covering(&self.shard(pos).read(), pos).cloned()
+    }
+
+    /// Runs `f` on the folio holding `pos` with its shard held shared, sparing the reference
+    /// count traffic of [`Mapping::find_folio`] on the cached read path.
+    pub(crate) fn with_folio<R>(&self, pos: u64, f: impl FnOnce(&Folio) -> R) -> Option<R> {
+        let shard: RwLockReadGuard<'_, _> = self.shard(pos).read();
+        Self::covering(&shard, pos).map(|folio| f(folio))
+    }
+
+    /// The folio holding `pos`, locked; if none is cached, a new one sized for a `len_hint`-byte
+    /// operation at `pos` is added (not uptodate). The second value is true for a new folio.
+    pub(crate) fn grab_folio(&self, pos: u64, len_hint: u64) -> (FolioGuard, bool) {
+        loop {
+            if let Some(folio) = self.find_folio(pos) {
+                let guard = folio.lock();
+                if guard.is_detached() {
+                    continue;
+                }
+                return (guard, false);
+            }
+            let mut map = self.shard(pos).write();
+            if Self::covering(&map, pos).is_some() {
+                continue;
+            }
+            let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
+            let guard = Folio::new_locked(fpos, size, self.block_shift);
+            map.insert(fpos, Arc::clone(&guard));
+            self.cache.stats().folios_added.add(1);
+            return (guard, true);
+        }
+    }
+
+    /// A new folio at `pos` if none is cached: `None` when one is (the caller skips it, as
+    /// readahead does).
+    pub(crate) fn add_folio(&self, pos: u64, len_hint: u64) -> Option<FolioGuard> {
+        let mut map = self.shard(pos).write();
+        if Self::covering(&map, pos).is_some() {
+            return None;
+        }
+        let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
+        let guard = Folio::new_locked(fpos, size, self.block_shift);
+        map.insert(fpos, Arc::clone(&guard));
+        self.cache.stats().folios_added.add(1);
+        Some(guard)
+    }
+
+    /// Where a new folio holding `pos` starts and how big it is: as large as `len_hint` asks,
+    /// up to the largest folio, but naturally aligned and clear of cached folios.
+    fn new_folio_extent(
+        &self,
+        map: &BTreeMap<u64, Arc<Folio>>,
+        pos: u64,
+        len_hint: u64,
+    ) -> (u64, usize) {
+        let fpos = pos & !(self.min_folio as u64 - 1);
+        let want = (pos - fpos).saturating_add(len_hint).max(1);
+        let mut size = if want >= self.max_folio as u64 {
+            self.max_folio
+        } else {
+            // Largest power of two not above `want`.
+            (1usize << (63 - want.leading_zeros())).max(self.min_folio)
+        };
+        while size > self.min_folio
+            && (fpos % size as u64 != 0 || map.range(fpos..fpos + size as u64).next().is_some())
+        {
+            size /= 2;
+        }
+        (fpos, size)
+    }
+
+    /// The cached folios overlapping `[start, end)`, in file order.
+    pub fn folios_in(&self, start: u64, end: u64) -> Vec<Arc<Folio>> {
+        if start >= end {
+            return Vec::new();
+        }
+        let region = self.max_folio as u64;
+        let first = start / region;
+        let last = (end - 1) / region;
+        let mut out = Vec::new();
+        if last - first < SHARDS as u64 {
+            for r in first..=last {
+                let shard = self.shard(r * region).read();
+                out.extend(
+                    shard
+                        .range(r * region..(r + 1) * region)
+                        .map(|(_, f)| f)
+                        .filter(|f| f.pos() < end && f.end() > start)
+                        .cloned(),
+                );
+            }
+        } else {
+            for shard in self.shards.iter() {
+                out.extend(
+                    shard
+                        .read()
+                        .values()
+                        .filter(|f| f.pos() < end && f.end() > start)
+                        .cloned(),
+                );
+            }
+            out.sort_by_key(|f| f.pos());
+        }
+        out
+    }
+
+    /// Number of cached folios.
+    pub fn nr_folios(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Removes a locked folio from the index; its dirty data is discarded.
+    fn remove_folio(&self, guard: &FolioGuard) {
+        self.shard(guard.pos()).write().remove(&guard.pos());
+        guard.detach();
+        let mut tags = self.tags.lock();
+        tags.dirty.remove(&guard.pos());
+        tags.writeback.remove(&guard.pos());
+        self.cache.stats().folios_removed.add(1);
+    }
+
+    // ---- dirty state ----
+
+    /// Marks the blocks touching `[off, off + len)` of a locked folio dirty, and tags it.
+    pub(crate) fn mark_dirty(&self, guard: &FolioGuard, off: usize, len: usize) {
+        if guard.set_range_dirty(off, len) {
+            self.tags.lock().dirty.insert(guard.pos());
+        }
+    }
+
+    /// Clears dirty bits of blocks wholly inside `[off, off + len)` of a locked folio, and
+    /// untags it when it becomes clean.
+    pub fn clear_dirty(&self, guard: &FolioGuard, off: usize, len: usize) {
+        if guard.clear_range_dirty(off, len) {
+            self.tags.lock().dirty.remove(&guard.pos());
+        }
+    }
+
+    /// Offsets of dirty folios in `[start, end)`, in file order.
+    pub fn dirty_folios(&self, start: u64, end: u64) -> Vec<u64> {
+        self.tags.lock().dirty.range(start..end).copied().collect()
+    }
+
+    /// Whether any block touching `[start, end)` is dirty in the cache.
+    pub fn range_dirty(&self, start: u64, end: u64) -> bool {
+        self.dirty_folios(start.saturating_sub(self.max_folio as u64), end)
+            .into_iter()
+            .filter_map(|p| self.find_folio(p))
+            .any(|f| {
+                let lo = start.max(f.pos());
+                let hi = end.min(f.end());
+                lo < hi && {
+                    let (first, count) = f.blocks_of((lo - f.pos()) as usize, (hi - lo) as usize);
+                    (first..first + count).any(|b| f.block_dirty(b))
+                }
+            })
+    }
+
+    // ---- invalidation ----
+
+    /// Drops cached data in `[start, end)`, the kernel's `truncate_inode_pages_range`: folios
+    /// wholly inside are removed (dirty data too), partly covered folios are zeroed over the
+    /// range and lose the dirty bits of blocks wholly inside it. Waits for writeback. The
+    /// caller holds the invalidate lock exclusive when extents are going away (punch,
+    /// truncate).
+    pub fn truncate_range(&self, start: u64, end: u64) {
+        for folio in self.folios_in(start, end) {
+            let guard = folio.lock();
+            if guard.is_detached() {
+                continue;
+            }
+            guard.wait_writeback();
+            if start <= guard.pos() && guard.end() <= end {
+                self.remove_folio(&guard);
+                continue;
+            }
+            let lo = start.max(guard.pos());
+            let hi = end.min(guard.end());
+            let (off, len) = ((lo - guard.pos()) as usize, (hi - lo) as usize);
+            guard.zero(off, len);
+            self.clear_dirty(&guard, off, len);
+        }
+    }
+
+    /// Truncates the file to `size`: sets the size, then drops cached data past it (the
+    /// remainder of the folio holding the new end is zeroed). Zeroing the tail of the EOF block
+    /// on disk is `truncate_page`'s job.
+    pub fn truncate_to(&self, size: u64) {
+        self.set_size(size);
+        self.truncate_range(size, u64::MAX);
+    }
+
+    /// Releases clean, unlocked folios in `[start, end)` that are not under writeback, the
+    /// kernel's `invalidate_mapping_pages`. Returns how many were released.
+    pub fn release_clean(&self, start: u64, end: u64) -> usize {
+        let mut released = 0;
+        for folio in self.folios_in(start, end) {
+            let Some(guard) = folio.try_lock() else {
+                continue;
+            };
+            if guard.is_detached() || guard.is_dirty() || guard.is_writeback() {
+                continue;
+            }
+            self.remove_folio(&guard);
+            released += 1;
+        }
+        released
+    }
+
+    // ---- cache scans ----
+
+    /// Calls `punch` for each maximal block-aligned run of `[start, end)` that holds no dirty
+    /// block in the cache: the ranges whose delalloc reservation a failed or short write may
+    /// give back (rule R9). Runs are in file order; the first error stops the scan.
+    pub fn punch_clean_ranges(
+        &self,
+        start: u64,
+        end: u64,
+        mut punch: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let bs = self.block_size() as u64;
+        let start = start - start % bs;
+        let end = end.div_ceil(bs) * bs;
+        let mut run_start = start;
+        for folio in self.folios_in(start, end) {
+            for (off, len) in folio.dirty_ranges() {
+                let lo = (folio.pos() + off as u64).max(start);
+                let hi = (folio.pos() + (off + len) as u64).min(end);
+                if lo >= hi {
+                    continue;
+                }
+                if run_start < lo {
+                    punch(run_start, lo)?;
+                }
+                run_start = hi;
+            }
+        }
+        if run_start < end {
+            punch(run_start, end)?;
+        }
+        Ok(())
+    }
+
+    /// The first offset in `[start, end)` where the cache holds data (`want_data`) or lacks it,
+    /// at block granularity; an uptodate block counts as data.
+    pub fn seek_cached(&self, start: u64, end: u64, want_data: bool) -> Option<u64> {
+        let bs = self.block_size() as u64;
+        let mut pos = start;
+        let mut folios = self.folios_in(start, end).into_iter().peekable();
+        while pos < end {
+            match folios.peek() {
+                Some(f) if f.pos() <= pos => {
+                    let folio = folios.next()?;
+                    while pos < end && pos < folio.end() {
+                        let block = ((pos - folio.pos()) / bs) as usize;
+                        if folio.block_uptodate(block) == want_data {
+                            return Some(pos);
+                        }
+                        pos = (pos / bs + 1) * bs;
+                    }
+                }
+                next => {
+                    // Not cached from `pos` to the next folio (or the end).
+                    if !want_data {
+                        return Some(pos);
+                    }
+                    pos = next.map_or(end, |f| f.pos());
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,483 @@
+//! Buffered reads: copying out of uptodate folios, and filling folios from the device.
+//!
+//! Rules (design §4): R1 holes, delalloc, unwritten, NEW and post-EOF blocks are zero-filled,
+//! never read; R2 uptodate blocks are skipped; R3 blocks contiguous in file and on the device
+//! go in one request up to the device's maximum; R4 inline data is copied and the rest of the
+//! mapping zeroed; R5 a failed read leaves blocks not uptodate and its errno reaches the reader.
+//!
+//! A read of a folio is asynchronous: the folio lock is handed to the I/O, and the last
+//! completion (or the reader, if nothing needed the device) ends the read and unlocks it. The
+//! reader's share of `read_bytes_pending` keeps a quick completion from ending a read that is
+//! still being built.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use iomap_dev::{BufRange, DevAddr, DeviceRequest};
+use tracing::trace;
+
+use crate::error::{libc_errno, Error, Result};
+use crate::folio::{Folio, FolioGuard};
+use crate::iomap::{Iomap, IomapKind, IomapOps, IterFlags};
+use crate::iter::IomapIter;
+use crate::mapping::Mapping;
+
+/// Reads up to `dst.len()` bytes at `pos`; returns how many, short at end of file (0 at or
+/// past it).
+pub fn buffered_read(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    pos: u64,
+    dst: &mut [u8],
+) -> Result<usize> {
+    if pos > i64::MAX as u64 {
+        return Err(Error::InvalidArgument(format!(
+            "read offset {pos} is negative as a loff_t"
+        )));
+    }
+    let stats = mapping.cache().stats();
+    let mut done = 0usize;
+    while done < dst.len() {
+        let p = pos + done as u64;
+        let size = mapping.size();
+        if p >= size {
+            break;
+        }
+        let want = (dst.len() - done).min((size - p).try_into().unwrap_or(usize::MAX));
+        let n = copy_cached(mapping, p, &mut dst[done..done + want]);
+        if n > 0 {
+            stats.read_hits.add(1);
+            done += n;
+            continue;
+        }
+        stats.read_misses.add(1);
+        fill(mapping, ops, p, want as u64)?;
+    }
+    stats.bytes_read.add(done as u64);
+    Ok(done)
+}
+
+/// Copies from uptodate cached blocks at `pos` until `dst` is full or a block is missing;
+/// takes no folio lock.
+fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8]) -> usize {
+    let mut done = 0;
+    while done < dst.len() {
+        let copied = mapping.with_folio(pos, |folio| {
+            let off = (pos - folio.pos()) as usize;
+            let n = uptodate_bytes_from(folio, off).min(dst.len() - done);
+            if n > 0 {
+                folio.copy_out(off, &mut dst[done..done + n]);
+            }
+            n
+        });
+        match copied {
+            Some(n) if n > 0 => {
+                done += n;
+                pos += n as u64;
+            }
+            _ => break,
+        }
+    }
+    done
+}
+
+/// Bytes from folio offset `off` to the first block that is not uptodate (or the folio end).
+fn uptodate_bytes_from(folio: &Folio, off: usize) -> usize {
+    if folio.is_uptodate() {
+        return folio.size() - off;
+    }
+    let bs = folio.block_size();
+    let mut block = off / bs;
+    while block < folio.nblocks() && folio.block_uptodate(block) {
+        block += 1;
+    }
+    (block * bs).saturating_sub(off)
+}
+
+/// Makes the block at `pos` uptodate, reading ahead over up to `len` bytes when nothing is
+/// cached there, and waits for it.
+fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
+    {
+        let _invalidate = mapping.invalidate_lock().read();
+        match mapping.find_folio(pos) {
+            None => readahead_locked(mapping, ops, pos, len)?,
+            Some(folio) => {
+                let guard = folio.lock();
+                let off = (pos - guard.pos()) as usize;
+                if !guard.is_detached() && !guard.range_uptodate(off, 1) {
+                    read_folios(mapping, ops, vec![guard])?;
+                }
+            }
+        }
+    }
+    let Some(folio) = mapping.find_folio(pos) else {
+        return Ok(()); // removed meanwhile: the caller looks again
+    };
+    folio.wait_unlocked();
+    let off = (pos - folio.pos()) as usize;
+    if folio.is_detached() || folio.range_uptodate(off, 1) {
+        return Ok(());
+    }
+    Err(Error::from_errno(
+        folio.read_error().unwrap_or(libc_errno::EIO),
+    ))
+}
+
+/// Reads the not-uptodate blocks of a locked folio. The lock passes to the I/O and is
+/// released when the read ends; wait with [`Folio::wait_unlocked`] and check uptodate.
+pub fn read_folio(mapping: &Mapping, ops: &dyn IomapOps, guard: FolioGuard) -> Result<()> {
+    let _invalidate = mapping.invalidate_lock().read();
+    read_folios(mapping, ops, vec![guard])
+}
+
+/// Adds folios for `[pos, pos + len)` (clipped to the file size) where none are cached and
+/// starts reading them, in as few device requests as contiguity allows. Folios already cached
+/// are left alone. Returns once the reads are submitted.
+pub fn readahead(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
+    let _invalidate = mapping.invalidate_lock().read();
+    readahead_locked(mapping, ops, pos, len)
+}
+
+fn readahead_locked(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
+    let end = pos.saturating_add(len).min(mapping.size());
+    let mut p = pos;
+    let mut run: Vec<FolioGuard> = Vec::new();
+    while p < end {
+        match mapping.add_folio(p, end - p) {
+            Some(guard) => {
+                p = guard.end();
+                run.push(guard);
+            }
+            None => {
+                if !run.is_empty() {
+                    read_folios(mapping, ops, std::mem::take(&mut run))?;
+                }
+                if let Some(folio) = mapping.find_folio(p) {
+                    p = folio.end();
+                }
+            }
+        }
+    }
+    if run.is_empty() {
+        return Ok(());
+    }
+    read_folios(mapping, ops, run)
+}
+
+/// Reads a run of locked, file-contiguous folios. Every folio's read is ended (and its lock
+/// released) whatever happens; an error from the filesystem is returned after that.
+pub(crate) fn read_folios(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    folios: Vec<FolioGuard>,
+) -> Result<()> {
+    let (Some(first), Some(last)) = (folios.first(), folios.last()) else {
+        return Ok(());
+    };
+    let (start, end) = (first.pos(), last.end());
+    let mut ctx = ReadCtx::new(mapping, folios);
+    let (_, res) = IomapIter::new(ops, start, end - start, IterFlags::empty())
+        .with_alignment(mapping.block_size() as u64)
+        .run(|it| ctx.read_iter(it));
+    ctx.finish();
+    res
+}
+
+/// The folio being read and how much of its read-pending share the reader still holds.
+struct CurFolio {
+    folio: Arc<Folio>,
+    held: u64,
+}
+
+/// A device read being built: file- and device-contiguous ranges of one or more folios.
+struct PendingRead {
+    req: DeviceRequest,
+    file_end: u64,
+    dev_end: DevAddr,
+    parts: Vec<(Arc<Folio>, usize, usize)>,
+}
+
+struct ReadCtx<'a> {
+    mapping: &'a Mapping,
+    queue: VecDeque<Arc<Folio>>,
+    cur: Option<CurFolio>,
+    pending: Option<PendingRead>,
+    max_request: u64,
+}
+
+impl<'a> ReadCtx<'a> {
+    fn new(mapping: &'a Mapping, folios: Vec<FolioGuard>) -> Self {
+        let queue = folios
+            .into_iter()
+            .map(|guard| {
+                guard.begin_read();
+                guard.into_io()
+            })
+            .collect();
+        let bs = mapping.block_size() as u64;
+        let max_request = mapping.dev().max_request_bytes() / bs * bs;
+        Self {
+            mapping,
+            queue,
+            cur: None,
+            pending: None,
+            max_request,
+        }
+    }
+
+    /// The folio holding `pos`, ending the reads of folios before it.
+    fn folio_at(&mut self, pos: u64) -> Arc<Folio> {
+        loop {
+            if let Some(cur) = &self.cur {
+                if cur.folio.end() > pos {
+                    return Arc::clone(&cur.folio);
+                }
+            }
+            self.end_current();
+            match self.queue.pop_front() {
+                Some(folio) => {
+                    let held = folio.size() as u64;
+                    self.cur = Some(CurFolio { folio, held });
+                }
+                None => unreachable!("iteration ran past the folios being read"),
+            }
+        }
+    }
+
+    /// Gives back the reader's remaining share of the current folio's read.
+    fn end_current(&mut self) {
+        if let Some(cur) = self.cur.take() {
+            if cur.held > 0 && cur.folio.read_done(cur.held) {
+                cur.folio.end_read();
+            }
+        }
+    }
+
+    fn read_iter(&mut self, it: &mut IomapIter<'_>) -> Result<()> {
+        let size = self.mapping.size();
+        while it.length() > 0 {
+            let pos = it.pos();
+            let folio = self.folio_at(pos);
+            let off = (pos - folio.pos()) as usize;
+            let avail = (it.length().min(folio.end() - pos)) as usize;
+            let src = it.srcmap();
+            if src.kind == IomapKind::Inline {
+                fill_inline(&folio, off, avail, src);
+                it.advance(avail as u64);
+                continue;
+            }
+            let (poff, plen) = adjust_read_range(&folio, off, avail, size);
+            if plen > 0 {
+                let range_pos = folio.pos() + poff as u64;
+                if src.reads_as_zero() || range_pos >= size {
+                    folio.zero_data(poff, plen);
+                    folio.set_range_uptodate(poff, plen);
+                } else {
+                    let addr = src.dev_addr(range_pos);
+                    self.queue_range(&folio, poff, plen, range_pos, addr);
+                }
+            }
+            it.advance((poff + plen - off) as u64);
+        }
+        Ok(())
+    }
+
+    /// Adds `[poff, poff + plen)` of `folio`, at file offset `pos` and device address `addr`,
+    /// to the request being built, or submits that one and starts another (R3).
+    fn queue_range(
+        &mut self,
+        folio: &Arc<Folio>,
+        poff: usize,
+        plen: usize,
+        pos: u64,
+        addr: DevAddr,
+    ) {
+        let stats = self.mapping.cache().stats();
+        let bs = folio.block_size();
+        let (mut poff, mut plen, mut pos, mut addr) = (poff, plen, pos, addr);
+        while plen > 0 {
+            let joins = self.pending.as_ref().is_some_and(|p| {
+                p.file_end == pos && p.dev_end == addr && p.req.len() < self.max_request
+            });
+            if !joins {
+                self.submit();
+                self.pending = Some(PendingRead {
+                    req: DeviceRequest::read(addr, Vec::new()),
+                    file_end: pos,
+                    dev_end: addr,
+                    parts: Vec::new(),
+                });
+            }
+            let Some(pending) = self.pending.as_mut() else {
+                unreachable!("a pending read was just made")
+            };
+            let room = (self.max_request - pending.req.len()) as usize;
+            let n = plen.min(room);
+            if joins {
+                stats.blocks_merged.add((n / bs) as u64);
+            }
+            pending
+                .req
+                .push_segment(BufRange::new(Arc::clone(folio.data()), poff, n));
+            pending.parts.push((Arc::clone(folio), poff, n));
+            pending.file_end += n as u64;
+            pending.dev_end = pending.dev_end.add(n as u64);
+            if let Some(cur) = self.cur.as_mut() {
+                cur.held -= n as u64;
+            }
+            poff += n;
+            plen -= n;
+            pos += n as u64;
+            addr = addr.add(n as u64);
+        }
+    }
+
+    fn submit(&mut self) {
+        let Some(PendingRead { req, parts, .. }) = self.pending.take() else {
+            return;
+        };
+        let cache = Arc::clone(self.mapping.cache());
+        cache.stats().dev_read_requests.add(1);
+        cache.stats().dev_read_bytes.add(req.len());
+        trace!(addr = ?req.addr, len = req.len(), folios = parts.len(), "read submit");
+        self.mapping.dev().submit(
+            req,
+            Box::new(move |res| {
+                match &res {
+                    Ok(()) => {
+                        for (folio, off, len) in &parts {
+                            folio.set_range_uptodate(*off, *len);
+                        }
+                    }
+                    Err(e) => {
+                        cache.stats().read_errors.add(1);
+                        let errno = e.raw_os_error().unwrap_or(libc_errno::EIO);
+                        for (folio, ..) in &parts {
+                            folio.set_read_error(errno);
+                        }
+                    }
+                }
+                for (folio, _, len) in parts {
+                    if folio.read_done(len as u64) {
+                        folio.end_read();
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Submits what is built and ends the reads of every folio the iteration did not reach
+    /// (after an error).
+    fn finish(mut self) {
+        self.submit();
+        self.end_current();
+        while let Some(folio) = self.queue.pop_front() {
+            if folio.read_done(folio.size() as u64) {
+                folio.end_read();
+            }
+        }
+    }
+}
+
+/// Copies inline data into `[off, off + len)` of a folio locked for the copy, zeroing what the
+/// inline data does not cover, and marks it uptodate (R4).
+pub(crate) fn fill_inline(folio: &Folio, off: usize, len: usize, iomap: &Iomap) {
+    let pos = folio.pos() + off as u64;
+    let start = (pos - iomap.offset) as usize;
+    let mut data = folio.data().write();
+    let dst = &mut data[off..off + len];
+    match &iomap.inline_data {
+        Some(inline) => {
+            let inline = inline.read();
+            let n = inline.len().saturating_sub(start).min(len);
+            dst[..n].copy_from_slice(&inline[start..start + n]);
+            dst[n..].fill(0);
+        }
+        None => dst.fill(0),
+    }
+    drop(data);
+    folio.set_range_uptodate(off, len);
+}
+
+/// The part of `[off, off + len)` of `folio` that a read must fill, the kernel's
+/// `iomap_adjust_read_range`: leading uptodate blocks are skipped, the range stops at the next
+/// uptodate block, and blocks wholly past the block holding EOF are left for a later
+/// zero-filling pass. Returns `(poff, plen)` with `poff >= off`; `plen == 0` means nothing to
+/// read before `off + len`, in which case `poff == off + len`.
+pub fn adjust_read_range(folio: &Folio, off: usize, len: usize, size: u64) -> (usize, usize) {
+    if len == 0 || folio.is_uptodate() {
+        return (off + len, 0);
+    }
+    let bs = folio.block_size();
+    let end = off + len;
+    let mut first = off / bs;
+    let last = (end - 1) / bs;
+    while first <= last && folio.block_uptodate(first) {
+        first += 1;
+    }
+    if first > last {
+        return (end, 0);
+    }
+    let poff = off.max(first * bs);
+    let mut stop = first;
+    while stop <= last && !folio.block_uptodate(stop) {
+        stop += 1;
+    }
+    let mut pend = end.min(stop * bs);
+    // A range that starts before EOF stops at the end of the block holding EOF.
+    let pos = folio.pos() + poff as u64;
+    if pos < size && folio.end() > size {
+        let eof_block = ((size - 1 - folio.pos()) as usize) / bs;
+        pend = pend.min((eof_block + 1) * bs);
+    }
+    (poff, pend - poff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folio_with(uptodate_blocks: &[usize], nblocks: usize, bs_shift: u32) -> FolioGuard {
+        let g = Folio::new_locked(0, nblocks << bs_shift, bs_shift);
+        for &b in uptodate_blocks {
+            g.set_range_uptodate(b << bs_shift, 1 << bs_shift);
+        }
+        g
+    }
+
+    #[test]
+    fn leading_uptodate_blocks_are_skipped_and_the_range_stops_at_the_next_one() {
+        let f = folio_with(&[0, 1, 4], 8, 9);
+        assert_eq!(adjust_read_range(&f, 0, 4096, u64::MAX), (1024, 1024));
+        assert_eq!(adjust_read_range(&f, 1536, 1536, u64::MAX), (1536, 512));
+        assert_eq!(adjust_read_range(&f, 2560, 1536, u64::MAX), (2560, 1536));
+        assert_eq!(adjust_read_range(&f, 2048, 512, u64::MAX), (2560, 0));
+    }
+
+    #[test]
+    fn a_fully_uptodate_folio_needs_nothing() {
+        let f = folio_with(&[0, 1, 2, 3], 4, 10);
+        assert!(f.is_uptodate());
+        assert_eq!(adjust_read_range(&f, 0, 4096, u64::MAX), (4096, 0));
+        assert_eq!(adjust_read_range(&f, 100, 0, u64::MAX), (100, 0));
+    }
+
+    #[test]
+    fn the_range_stops_at_the_block_holding_eof() {
+        let f = folio_with(&[], 8, 9);
+        // EOF at 1500: blocks 0..=2 hold data, 3.. are wholly past EOF.
+        assert_eq!(adjust_read_range(&f, 0, 4096, 1500), (0, 1536));
+        // A range starting past EOF is returned whole: the caller zero-fills it.
+        assert_eq!(adjust_read_range(&f, 1536, 2560, 1500), (1536, 2560));
+        // EOF on a block boundary.
+        assert_eq!(adjust_read_range(&f, 0, 4096, 1024), (0, 1024));
+    }
+
+    #[test]
+    fn single_block_folios_are_all_or_nothing() {
+        let f = folio_with(&[], 1, 12);
+        assert_eq!(adjust_read_range(&f, 0, 4096, u64::MAX), (0, 4096));
+        f.set_range_uptodate(0, 4096);
+        assert_eq!(adjust_read_range(&f, 0, 4096, u64::MAX), (4096, 0));
+    }
+}

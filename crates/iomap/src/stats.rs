@@ -1,0 +1,91 @@
+//! Cheap counters for the cache: sharded so that threads on different cores do not bounce one
+//! cache line on every cached read.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+const SHARDS: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot(AtomicU64);
+
+/// A monotonically increasing count, summed over per-thread shards when read.
+#[derive(Default)]
+pub struct Counter([Slot; SHARDS]);
+
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        s.get()
+    })
+}
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current total.
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+macro_rules! cache_stats {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters kept by a page cache, read by `stats` tools and benchmarks.
+        #[derive(Default)]
+        pub struct CacheStats {
+            $($(#[$doc])* pub $name: Counter,)*
+        }
+
+        /// A point-in-time copy of [`CacheStats`].
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl CacheStats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.get(),)* }
+            }
+        }
+    };
+}
+
+cache_stats! {
+    /// Reads served entirely from uptodate folios.
+    read_hits,
+    /// Reads that had to start device I/O or zero-fill.
+    read_misses,
+    /// Bytes copied out to readers.
+    bytes_read,
+    /// Bytes copied in from writers.
+    bytes_written,
+    /// Device read requests submitted.
+    dev_read_requests,
+    /// Bytes read from the device.
+    dev_read_bytes,
+    /// Blocks that joined an existing device request instead of starting one.
+    blocks_merged,
+    /// Device write requests submitted.
+    dev_write_requests,
+    /// Bytes written to the device.
+    dev_write_bytes,
+    /// Read requests that failed.
+    read_errors,
+    /// Folios added to the cache.
+    folios_added,
+    /// Folios removed from the cache.
+    folios_removed,
+}
