@@ -43,6 +43,11 @@ impl<D: BlockDevice> FaultDevice<D> {
         self.rules.lock().push(rule);
     }
 
+    /// The wrapped device.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
     /// Removes every rule.
     pub fn clear_rules(&self) {
         self.rules.lock().clear();

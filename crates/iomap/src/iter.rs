@@ -24,6 +24,8 @@ pub struct IomapIter<'a> {
     srcmap: Option<Iomap>,
     /// Mappings must start and end on multiples of this (the block size), bar the file's end.
     align: u64,
+    /// A step asked to end iteration after it, progress or not.
+    stop: bool,
 }
 
 impl<'a> IomapIter<'a> {
@@ -39,6 +41,7 @@ impl<'a> IomapIter<'a> {
             iomap: None,
             srcmap: None,
             align: 1,
+            stop: false,
         }
     }
 
@@ -76,7 +79,7 @@ impl<'a> IomapIter<'a> {
             let stale = self.iomap().flags.contains(IomapFlags::STALE);
             let progressed = self.pos > self.step_pos;
             self.iomap = None;
-            if self.len == 0 || (!progressed && !stale) {
+            if self.len == 0 || self.stop || (!progressed && !stale) {
                 return Ok(false);
             }
         }
@@ -163,6 +166,12 @@ impl<'a> IomapIter<'a> {
     /// Records progress to the end of the current mapping.
     pub fn advance_full(&mut self) {
         self.advance(self.length());
+    }
+
+    /// Ends iteration once the current mapping is handed back, however far the step got: for
+    /// steps that know nothing more can be done (a write whose source ran dry).
+    pub fn stop(&mut self) {
+        self.stop = true;
     }
 
     /// Marks the mapping stale: iteration asks the filesystem again from the current position.

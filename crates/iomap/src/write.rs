@@ -184,10 +184,14 @@ fn write_iter(
             it.mark_size_changed();
         }
         drop(guard);
+        if copied < bytes && (copied == 0 || src_error.is_some()) && written == copied {
+            // The source is dry or failed: end the write here rather than ask the filesystem
+            // for another mapping (and reservation) that nothing would fill.
+            it.advance(written as u64);
+            it.stop();
+            return Ok(());
+        }
         if written == 0 {
-            if copied == 0 {
-                return Ok(()); // the source is dry: no progress ends the write
-            }
             // Part of a block that was not uptodate arrived: retry with just what arrived, in
             // smaller folios, so write_begin prepares the block it ends in.
             if *chunk > page {
