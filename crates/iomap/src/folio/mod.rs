@@ -33,6 +33,10 @@ const WRITEBACK: u32 = 1 << 3;
 const WAITERS: u32 = 1 << 4;
 const DETACHED: u32 = 1 << 5;
 
+/// What debug builds fill new folios with (the kernel's slab poison byte).
+#[cfg(debug_assertions)]
+pub const POISON: u8 = 0x6b;
+
 /// A folio of the page cache.
 pub struct Folio {
     pos: u64,
@@ -77,13 +81,19 @@ impl Folio {
             0,
             "folio at {pos} is not naturally aligned"
         );
+        #[allow(unused_mut)]
+        let mut buf = IoBuf::zeroed(size);
+        // Debug builds poison new folios, so a path that exposes bytes it never filled shows
+        // them instead of passing on lucky zeros (recycled buffers are not zero either).
+        #[cfg(debug_assertions)]
+        buf.fill(POISON);
         let folio = Arc::new(Self {
             pos,
             size,
             block_shift,
             flags: AtomicU32::new(LOCKED),
             state: Mutex::new(None),
-            data: IoBuf::zeroed(size).shared(),
+            data: buf.shared(),
             read_error: AtomicI32::new(0),
             waitq: Mutex::new(()),
             wake: Condvar::new(),

@@ -43,6 +43,8 @@ pub type ValidHook = Box<dyn FnMut(&mut FsState, &Dev) -> bool + Send>;
 pub struct FsState {
     pub blocks: BTreeMap<u64, Ext>,
     pub next_dev_block: u64,
+    /// Device blocks freed by punch and truncate, reused first so stale data is real.
+    pub freed: Vec<u64>,
     /// Blocks that may still be reserved or allocated.
     pub free_blocks: u64,
     pub cookie: u64,
@@ -64,6 +66,9 @@ pub struct TestFs {
 }
 
 pub const DEV_BYTES: u64 = 1 << 30;
+
+/// The byte freshly allocated device blocks hold.
+pub const STALE: u8 = 0xdb;
 
 impl TestFs {
     pub fn new(block_size: u32, max_folio: usize) -> Self {
@@ -94,6 +99,7 @@ impl TestFs {
                 blocks: BTreeMap::new(),
                 // Leave device block 0 unused so a zero address is never valid data.
                 next_dev_block: 1,
+                freed: Vec::new(),
                 free_blocks: DEV_BYTES / bs - 1,
                 cookie: 1,
                 fail_begin: None,
@@ -129,9 +135,16 @@ impl TestFs {
         DevAddr(block * self.bs)
     }
 
-    fn alloc(st: &mut FsState) -> u64 {
-        let b = st.next_dev_block;
-        st.next_dev_block += 1;
+    /// Allocates a device block and fills it with stale-looking bytes, as a freed block of
+    /// another file would hold: a read that should zero-fill and reads instead shows them.
+    fn alloc_stale(&self, st: &mut FsState) -> u64 {
+        let b = st.freed.pop().unwrap_or_else(|| {
+            st.next_dev_block += 1;
+            st.next_dev_block - 1
+        });
+        self.mem()
+            .write_at(self.dev_addr(b), &vec![STALE; self.bs as usize])
+            .unwrap();
         b
     }
 
@@ -142,7 +155,8 @@ impl TestFs {
         let mut st = self.state.lock();
         let dev_first = st.next_dev_block;
         for i in 0..n {
-            let b = Self::alloc(&mut st);
+            let b = st.next_dev_block;
+            st.next_dev_block += 1;
             st.free_blocks -= 1;
             st.blocks.insert(
                 first + i,
@@ -173,7 +187,7 @@ impl TestFs {
                 return Err(Error::from_errno(28));
             }
             st.free_blocks -= 1;
-            let d = Self::alloc(&mut st);
+            let d = self.alloc_stale(&mut st);
             st.blocks.insert(b, Ext::Unwritten { block: d });
         }
         st.cookie += 1;
@@ -261,7 +275,15 @@ impl TestFs {
         let mut st = self.state.lock();
         let gone: Vec<u64> = st.blocks.range(first..end).map(|(b, _)| *b).collect();
         for b in gone {
-            st.blocks.remove(&b);
+            match st.blocks.remove(&b) {
+                Some(Ext::Mapped {
+                    block,
+                    shared: false,
+                })
+                | Some(Ext::Unwritten { block }) => st.freed.push(block),
+                // Reservations hold no block; a shared block's old copy is another file's.
+                _ => {}
+            }
             st.free_blocks += 1;
         }
         st.cookie += 1;
@@ -315,16 +337,16 @@ impl TestFs {
                 }
                 // Dirty data over a hole comes from a mapped write; allocate as XFS would.
                 st.free_blocks -= 1;
-                Self::alloc(&mut st)
+                self.alloc_stale(&mut st)
             }
-            Some(Ext::Delalloc) | Some(Ext::Cow { .. }) => Self::alloc(&mut st),
+            Some(Ext::Delalloc) | Some(Ext::Cow { .. }) => self.alloc_stale(&mut st),
             Some(Ext::Mapped {
                 block,
                 shared: false,
             }) => return Some(block),
             Some(Ext::Mapped { shared: true, .. }) => {
                 st.free_blocks -= 1;
-                Self::alloc(&mut st)
+                self.alloc_stale(&mut st)
             }
             Some(Ext::Unwritten { block }) => block,
         };
