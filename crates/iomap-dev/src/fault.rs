@@ -59,7 +59,7 @@ impl<D: BlockDevice> FaultDevice<D> {
     }
 
     fn should_fail(&self, req: &DeviceRequest) -> Option<i32> {
-        let end = req.addr.add(req.len());
+        let end = req.addr + req.len();
         let mut rules = self.rules.lock();
         let hit = rules.iter_mut().find(|r| {
             r.op == req.op

@@ -16,9 +16,13 @@ impl DevAddr {
     pub fn checked_add(self, bytes: u64) -> Option<DevAddr> {
         self.0.checked_add(bytes).map(DevAddr)
     }
+}
+
+impl std::ops::Add<u64> for DevAddr {
+    type Output = DevAddr;
 
     /// The address `bytes` further on. Callers have checked the range against the device.
-    pub fn add(self, bytes: u64) -> DevAddr {
+    fn add(self, bytes: u64) -> DevAddr {
         DevAddr(self.0 + bytes)
     }
 }

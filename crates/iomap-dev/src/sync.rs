@@ -55,7 +55,7 @@ pub trait BlockDeviceExt: BlockDevice {
         for (i, chunk) in dst.chunks_mut(max).enumerate() {
             let buf = IoBuf::zeroed(chunk.len()).shared();
             let seg = BufRange::new(Arc::clone(&buf), 0, chunk.len());
-            self.submit_wait(DeviceRequest::read(addr.add((i * max) as u64), vec![seg]))?;
+            self.submit_wait(DeviceRequest::read(addr + (i * max) as u64, vec![seg]))?;
             chunk.copy_from_slice(&buf.read());
         }
         Ok(())
@@ -68,7 +68,7 @@ pub trait BlockDeviceExt: BlockDevice {
             let mut buf = IoBuf::zeroed(chunk.len());
             buf.copy_from_slice(chunk);
             let seg = BufRange::new(buf.shared(), 0, chunk.len());
-            self.submit_wait(DeviceRequest::write(addr.add((i * max) as u64), vec![seg]))?;
+            self.submit_wait(DeviceRequest::write(addr + (i * max) as u64, vec![seg]))?;
         }
         Ok(())
     }

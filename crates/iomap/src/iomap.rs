@@ -147,7 +147,7 @@ impl Iomap {
     /// Device address of file byte `pos`, which must lie inside the mapping.
     pub fn dev_addr(&self, pos: u64) -> DevAddr {
         debug_assert!(pos >= self.offset && pos < self.end());
-        self.addr.add(pos - self.offset)
+        self.addr + (pos - self.offset)
     }
 
     /// True when reading file byte `pos` through this mapping must produce zeros rather than

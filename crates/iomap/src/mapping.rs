@@ -156,7 +156,7 @@ impl Mapping {
         &self.shards[(pos / self.max_folio as u64) as usize % SHARDS]
     }
 
-    fn covering<'a>(map: &'a BTreeMap<u64, Arc<Folio>>, pos: u64) -> Option<&'a Arc<Folio>> {
+    fn covering(map: &BTreeMap<u64, Arc<Folio>>, pos: u64) -> Option<&Arc<Folio>> {
         map.range(..=pos)
             .next_back()
             .map(|(_, f)| f)

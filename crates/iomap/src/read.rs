@@ -321,14 +321,14 @@ impl<'a> ReadCtx<'a> {
                 .push_segment(BufRange::new(Arc::clone(folio.data()), poff, n));
             pending.parts.push((Arc::clone(folio), poff, n));
             pending.file_end += n as u64;
-            pending.dev_end = pending.dev_end.add(n as u64);
+            pending.dev_end = pending.dev_end + n as u64;
             if let Some(cur) = self.cur.as_mut() {
                 cur.held -= n as u64;
             }
             poff += n;
             plen -= n;
             pos += n as u64;
-            addr = addr.add(n as u64);
+            addr = addr + n as u64;
         }
     }
 

@@ -327,7 +327,7 @@ fn read_blocks_sync(
         stats.dev_read_bytes.add(n as u64);
         if let Err(e) = mapping
             .dev()
-            .submit_wait(DeviceRequest::read(addr.add(done as u64), vec![seg]))
+            .submit_wait(DeviceRequest::read(addr + done as u64, vec![seg]))
         {
             stats.read_errors.add(1);
             return Err(Error::Io(e));

@@ -1,6 +1,11 @@
 //! Bad input: overflowing offsets, EOF, the maximum file size, zero lengths, bad geometry and
 //! bad mappings get clear errors or defined results, never a panic.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,5 +1,10 @@
 //! Range invalidation for punch and truncate, and release of clean folios.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 mod common;
 
 use common::TestFs;

@@ -1,5 +1,10 @@
 //! `page_mkwrite`: space is reserved before a folio becomes writable through a mapping.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 mod common;
 
 use common::{Ext, TestFs};

@@ -8,6 +8,11 @@
 //! A failure prints the shrunk operation sequence; rerun it with `PROPTEST_CASES` and the seed
 //! proptest prints.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 mod common;
 
 use common::{pattern, ShortSource, TestFs};

@@ -1,5 +1,10 @@
 //! Rules R1–R5: what a buffered read asks of the device, and the folio state it leaves.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 mod common;
 
 use common::{Ext, TestFs};

@@ -1,6 +1,11 @@
 //! Rules R6–R12: what buffered writes, zeroing and unsharing ask of the device and the
 //! filesystem, and the folio state they leave.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 mod common;
 
 use common::{pattern, Ext, ShortSource, TestFs};
