@@ -174,6 +174,11 @@ impl<'a> IomapIter<'a> {
         self.stop = true;
     }
 
+    /// Whether the current mapping was found stale; the step must stop using it.
+    pub fn is_stale(&self) -> bool {
+        self.iomap().flags.contains(IomapFlags::STALE)
+    }
+
     /// Marks the mapping stale: iteration asks the filesystem again from the current position.
     pub fn mark_stale(&mut self) {
         if let Some(iomap) = &mut self.iomap {

@@ -43,6 +43,9 @@ pub fn zero_range(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> 
                 }
                 rewrite_in_place(mapping, it, folio.end().min(end), zero)?;
                 did_zero = true;
+                if it.is_stale() {
+                    return Ok(()); // remapped from here by the iteration
+                }
             }
             it.advance_full();
             Ok(())

@@ -77,6 +77,9 @@ enum Step {
     Invalidate,
     /// Read the whole file back and compare.
     Verify,
+    /// The next validity check finds the mapping stale, as if the extent map changed
+    /// underneath (R7).
+    StaleOnce,
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +170,7 @@ impl ReferenceStateMachine for RefMachine {
             1 => Just(Step::DropCaches),
             1 => Just(Step::Invalidate),
             3 => Just(Step::Verify),
+            2 => Just(Step::StaleOnce),
         ]
         .boxed()
     }
@@ -199,7 +203,8 @@ impl ReferenceStateMachine for RefMachine {
             | Step::Flush
             | Step::DropCaches
             | Step::Invalidate
-            | Step::Verify => {}
+            | Step::Verify
+            | Step::StaleOnce => {}
         }
         state
     }
@@ -301,6 +306,10 @@ impl StateMachineTest for Engine {
                 assert_eq!(fs.mapping.nr_folios(), 0, "every folio was clean");
             }
             Step::Verify => verify_contents(&fs, model),
+            Step::StaleOnce => {
+                let mut once = true;
+                fs.state.lock().on_valid = Some(Box::new(move |_, _| std::mem::take(&mut once)));
+            }
             Step::Invalidate => {
                 let dirty_before = fs.mapping.dirty_folios(0, u64::MAX);
                 fs.mapping.release_clean(0, u64::MAX);

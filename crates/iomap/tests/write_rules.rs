@@ -398,3 +398,29 @@ fn write_begin_read_errors_fail_the_write() {
         1024
     );
 }
+
+/// Regression: zero_range over unwritten extents used to carry on with a mapping found stale
+/// at the first dirty folio and then claim the whole mapping done, leaving that folio's data.
+#[test]
+fn r7_zero_range_remaps_when_a_mapping_goes_stale_between_dirty_folios() {
+    let fs = TestFs::new(4096, 4096);
+    fs.fallocate_blocks(0, 8).unwrap();
+    fs.mapping.set_size(8 * 4096);
+    fs.write(4096, &[1u8; 4096]).unwrap();
+    fs.write(5 * 4096, &[2u8; 4096]).unwrap();
+    let mut once = true;
+    fs.state.lock().on_valid = Some(Box::new(move |_, _| std::mem::take(&mut once)));
+    assert!(zero_range(&fs.mapping, &fs, 0, 8 * 4096).unwrap());
+    assert!(fs.read(0, 8 * 4096).unwrap().iter().all(|&b| b == 0));
+    let zero_ends = fs
+        .state
+        .lock()
+        .ends
+        .iter()
+        .filter(|e| e.3.contains(iomap::IterFlags::ZERO))
+        .count();
+    assert_eq!(
+        zero_ends, 2,
+        "the stale mapping was ended and the range remapped once"
+    );
+}

@@ -231,6 +231,11 @@ impl TestFs {
         Ok(buf)
     }
 
+    /// Reads into `buf`, ignoring how much came back (for load generators).
+    pub fn read_into(&self, pos: u64, buf: &mut [u8]) {
+        iomap::buffered_read(&self.mapping, self, pos, buf).unwrap();
+    }
+
     /// Truncate as XFS does: zero the tail of the new EOF block (or the gap when growing),
     /// drop the cache past EOF, free blocks past it.
     pub fn truncate(&self, size: u64) -> Result<()> {
