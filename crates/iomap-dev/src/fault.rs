@@ -18,6 +18,32 @@ pub struct FaultRule {
     pub errno: i32,
     /// How many more requests to fail; `None` fails every match.
     pub remaining: Option<u32>,
+    /// Matching requests to let through before failing: 2 fails the third.
+    pub skip: u32,
+}
+
+impl FaultRule {
+    /// Fails every `op` request over the device range `[start, end)` with `errno`.
+    pub fn range(op: Op, start: u64, end: u64, errno: i32) -> Self {
+        Self {
+            op,
+            range: (DevAddr(start), DevAddr(end)),
+            errno,
+            remaining: None,
+            skip: 0,
+        }
+    }
+
+    /// Fails the `n`th `op` request (counting from 1) anywhere on the device, once.
+    pub fn nth(op: Op, n: u32, errno: i32) -> Self {
+        Self {
+            op,
+            range: (DevAddr(0), DevAddr(u64::MAX)),
+            errno,
+            remaining: Some(1),
+            skip: n.saturating_sub(1),
+        }
+    }
 }
 
 /// Passes requests to `inner` unless a rule says to fail them; a failed request never reaches
@@ -66,6 +92,10 @@ impl<D: BlockDevice> FaultDevice<D> {
                 && r.remaining != Some(0)
                 && (req.op == Op::Flush || (req.addr < r.range.1 && r.range.0 < end))
         })?;
+        if hit.skip > 0 {
+            hit.skip -= 1;
+            return None;
+        }
         if let Some(n) = hit.remaining.as_mut() {
             *n -= 1;
         }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::stats::CacheStats;
+use crate::writeback::CompletionQueue;
 
 /// Sizes that shape every folio of a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +28,7 @@ impl Default for CacheConfig {
 pub struct PageCache {
     config: CacheConfig,
     stats: CacheStats,
+    completions: Arc<CompletionQueue>,
 }
 
 impl PageCache {
@@ -54,6 +56,7 @@ impl PageCache {
         Ok(Arc::new(Self {
             config,
             stats: CacheStats::default(),
+            completions: CompletionQueue::new(),
         }))
     }
 
@@ -65,5 +68,36 @@ impl PageCache {
     /// The counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
+    }
+
+    pub(crate) fn completions(&self) -> &Arc<CompletionQueue> {
+        &self.completions
+    }
+
+    /// Holds ioend completion work until the returned guard drops, then lets it run as one
+    /// batch: for watching completions merge (R17) deterministically.
+    pub fn hold_completions(&self) -> CompletionHold<'_> {
+        self.completions.set_held(true);
+        CompletionHold(self)
+    }
+
+    /// Waits until all queued ioend completion work has run.
+    pub fn drain_completions(&self) {
+        self.completions.drain();
+    }
+}
+
+impl Drop for PageCache {
+    fn drop(&mut self) {
+        self.completions.shutdown();
+    }
+}
+
+/// Holds ioend completion work while alive; see [`PageCache::hold_completions`].
+pub struct CompletionHold<'a>(&'a PageCache);
+
+impl Drop for CompletionHold<'_> {
+    fn drop(&mut self) {
+        self.0.completions.set_held(false);
     }
 }

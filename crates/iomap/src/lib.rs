@@ -9,7 +9,8 @@
 //! Entry points: [`buffered_read`], [`readahead`], [`read_folio`], [`buffered_write`],
 //! [`zero_range`], [`truncate_page`], [`file_unshare`], [`page_mkwrite`], [`seek_data`],
 //! [`seek_hole`], and on [`Mapping`] the invalidation calls [`Mapping::truncate_range`],
-//! [`Mapping::truncate_to`] and [`Mapping::release_clean`].
+//! [`Mapping::truncate_to`] and [`Mapping::release_clean`]; for writeback [`writepages`],
+//! [`write_and_wait_range`], [`sync_mappings`] and [`OpenFile::fsync`].
 //!
 //! The rules these keep are listed in `docs/design.md` §4 and each has a test named after it.
 
@@ -26,9 +27,10 @@ mod read;
 mod seek;
 mod stats;
 mod write;
+mod writeback;
 mod zero;
 
-pub use cache::{CacheConfig, PageCache};
+pub use cache::{CacheConfig, CompletionHold, PageCache};
 pub use error::{libc_errno, Error, Result};
 pub use errseq::{ErrSeq, ErrSeqSince};
 pub use folio::{BlockBitmap, Folio, FolioGuard, FolioSnapshot, FolioState};
@@ -41,6 +43,10 @@ pub use stats::{CacheStats, Counter, StatsSnapshot};
 pub use write::{
     buffered_write, file_unshare, page_mkwrite, write_begin, write_end, MkwriteFolio, ReaderSource,
     SliceSource, WriteSource,
+};
+pub use writeback::{
+    sync_mappings, write_and_wait_range, writepages, Ioend, IoendFlags, OpenFile, SyncMode,
+    WritebackControl, WritebackCtx, WritebackOps,
 };
 pub use zero::{truncate_page, zero_range};
 

@@ -38,11 +38,13 @@ pub struct Mapping {
     block_shift: u32,
     min_folio: usize,
     max_folio: usize,
-    max_file_size: u64,
+    max_file_size: AtomicU64,
     size: AtomicU64,
     shards: Box<[Shard]>,
     tags: Mutex<Tags>,
     errseq: ErrSeq,
+    /// The filesystem's error sequence (the kernel's `s_wb_err`), for syncfs.
+    sb_errseq: Option<Arc<ErrSeq>>,
     invalidate_lock: RwLock<()>,
 }
 
@@ -79,23 +81,25 @@ impl Mapping {
             block_shift: block_size.trailing_zeros(),
             min_folio,
             max_folio,
-            max_file_size: i64::MAX as u64 & !(u64::from(block_size) - 1),
+            max_file_size: AtomicU64::new(i64::MAX as u64 & !(u64::from(block_size) - 1)),
             size: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| RwLock::new(BTreeMap::new())).collect(),
             tags: Mutex::new(Tags::default()),
             errseq: ErrSeq::new(),
+            sb_errseq: None,
             invalidate_lock: RwLock::new(()),
         })
     }
 
     /// Sets the largest file size writes may reach (`EFBIG` beyond), rounded down to a block.
-    pub fn set_max_file_size(&mut self, max: u64) {
-        self.max_file_size = max.min(i64::MAX as u64) & !(self.block_size() as u64 - 1);
+    pub fn set_max_file_size(&self, max: u64) {
+        let max = max.min(i64::MAX as u64) & !(self.block_size() as u64 - 1);
+        self.max_file_size.store(max, Ordering::Relaxed);
     }
 
     /// The largest file size.
     pub fn max_file_size(&self) -> u64 {
-        self.max_file_size
+        self.max_file_size.load(Ordering::Relaxed)
     }
 
     /// The cache this mapping belongs to.
@@ -135,12 +139,33 @@ impl Mapping {
 
     /// Raises the file size to `end` if it is smaller; true when it grew.
     pub(crate) fn grow_size(&self, end: u64) -> bool {
-        self.size.fetch_max(end, Ordering::AcqRel) < end
+        // Overwrites never grow the file: keep them from writing the line every reader loads.
+        self.size.load(Ordering::Acquire) < end && self.size.fetch_max(end, Ordering::AcqRel) < end
     }
 
     /// The error sequence writeback errors are recorded in.
     pub fn errseq(&self) -> &ErrSeq {
         &self.errseq
+    }
+
+    /// Records writeback errors in `sb` as well: the filesystem-wide sequence syncfs checks.
+    pub fn set_sb_errseq(&mut self, sb: Arc<ErrSeq>) {
+        self.sb_errseq = Some(sb);
+    }
+
+    /// The filesystem-wide error sequence, if one was set.
+    pub fn sb_errseq(&self) -> Option<&Arc<ErrSeq>> {
+        self.sb_errseq.as_ref()
+    }
+
+    /// Records a writeback error (errno) for every open file of this mapping and of its
+    /// filesystem to see once, the kernel's `mapping_set_error`.
+    pub fn set_error(&self, errno: i32) {
+        self.errseq.set(errno);
+        if let Some(sb) = &self.sb_errseq {
+            sb.set(errno);
+        }
+        self.cache.stats().writeback_errors.add(1);
     }
 
     /// The invalidate lock: taken shared by paths that add folios from the device (reads,
@@ -284,6 +309,46 @@ impl Mapping {
         tags.dirty.remove(&guard.pos());
         tags.writeback.remove(&guard.pos());
         self.cache.stats().folios_removed.add(1);
+    }
+
+    // ---- writeback state ----
+
+    /// Starts writeback of a locked, dirty folio: writeback flag and tag set, dirty tag and flag
+    /// cleared (its per-block dirty bits are cleared by the caller as it goes). Returns whether
+    /// the folio holds a write-pending share (see `Folio::start_writeback`).
+    pub(crate) fn start_writeback(&self, guard: &FolioGuard) -> bool {
+        let share = guard.start_writeback();
+        self.tags.lock().writeback.insert(guard.pos());
+        share
+    }
+
+    /// Ends writeback of a folio whose write I/O is all done: flag and tag cleared, waiters
+    /// woken. Runs on completion paths without the folio lock.
+    pub(crate) fn end_writeback(&self, folio: &Folio) {
+        self.tags.lock().writeback.remove(&folio.pos());
+        folio.clear_writeback();
+    }
+
+    /// Offsets of folios under writeback in `[start, end)`, in file order.
+    pub fn writeback_folios(&self, start: u64, end: u64) -> Vec<u64> {
+        self.tags
+            .lock()
+            .writeback
+            .range(start..end)
+            .copied()
+            .collect()
+    }
+
+    /// Waits until no folio overlapping `[start, end)` is under writeback.
+    pub fn wait_writeback_range(&self, start: u64, end: u64) {
+        let from = start.saturating_sub(self.max_folio as u64 - 1);
+        for pos in self.writeback_folios(from, end) {
+            if let Some(folio) = self.find_folio(pos) {
+                if folio.end() > start {
+                    folio.wait_writeback();
+                }
+            }
+        }
     }
 
     // ---- dirty state ----

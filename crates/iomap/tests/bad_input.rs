@@ -54,7 +54,7 @@ fn reads_at_or_past_eof_are_short_or_empty() {
 
 #[test]
 fn writes_past_the_maximum_file_size_are_efbig_or_shortened() {
-    let mut fs = TestFs::new(4096, 4096);
+    let fs = TestFs::new(4096, 4096);
     fs.mapping.set_max_file_size(1 << 20);
     let data = vec![5u8; 8192];
     let e = fs.write(1 << 20, &data).unwrap_err();

@@ -411,8 +411,46 @@ impl Folio {
         self.unlock_from_io();
     }
 
+    // ---- writes in flight ----
+
+    /// Adds `bytes` queued for write I/O to `write_bytes_pending` (no-op without state: a
+    /// single-block folio has one range, whose ioend ends its writeback).
+    pub(crate) fn add_write_pending(&self, bytes: u64) {
+        if let Some(s) = self.state().as_mut() {
+            s.write_bytes_pending += bytes;
+        }
+    }
+
+    /// Gives back `bytes` of write-pending accounting; true when this ended the folio's write
+    /// I/O, in which case the caller ends its writeback. Without state there is one owner.
+    pub(crate) fn write_done(&self, bytes: u64) -> bool {
+        let mut slot = self.state();
+        match slot.as_mut() {
+            Some(s) => {
+                s.write_bytes_pending = s
+                    .write_bytes_pending
+                    .checked_sub(bytes)
+                    .unwrap_or_else(|| panic!("write_bytes_pending underflow at {}", self.pos));
+                s.write_bytes_pending == 0
+            }
+            None => true,
+        }
+    }
+
+    /// Bytes of write I/O pending, as [`FolioState`] counts them (0 without state).
+    pub fn write_bytes_pending(&self) -> u64 {
+        self.state().as_ref().map_or(0, |s| s.write_bytes_pending)
+    }
+
+    /// Clears the writeback flag and wakes waiters.
+    pub(crate) fn clear_writeback(&self) {
+        self.clear_and_wake(WRITEBACK);
+    }
+
+    /// Sets `bit`; true when it was clear. Tests first, so re-dirtying a dirty folio does no
+    /// locked write.
     fn set_flag(&self, bit: u32) -> bool {
-        self.flags.fetch_or(bit, Ordering::AcqRel) & bit == 0
+        !self.test(bit) && self.flags.fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
     pub(crate) fn detach(&self) {
@@ -495,6 +533,24 @@ impl FolioGuard {
             }
         }
         self.set_flag(DIRTY)
+    }
+
+    /// Starts writeback of the locked folio: sets the writeback flag and gives the caller a
+    /// share of `write_bytes_pending` (one byte, as Linux's bias) so ioends completing while
+    /// the folio is still being written back cannot end its writeback early. Returns whether
+    /// the folio has state (and so a share to give back with `write_done(1)`).
+    pub(crate) fn start_writeback(&self) -> bool {
+        let had = self.set_flag(WRITEBACK);
+        debug_assert!(had, "folio {} already under writeback", self.pos);
+        let mut slot = self.state();
+        match self.state_mut(&mut slot) {
+            Some(s) => {
+                debug_assert_eq!(s.write_bytes_pending, 0);
+                s.write_bytes_pending = 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Clears dirty bits for blocks wholly inside `[off, off + len)`. Returns true when the

@@ -4,11 +4,15 @@
 //!
 //! It behaves like XFS where the engine can tell: writes reserve delalloc (ENOSPC at write
 //! time), the validity cookie changes with every extent map change, a short write gives back
-//! its reservation only under clean cache (R9), extending writes and truncates zero the gap.
+//! its reservation only under clean cache (R9), extending writes and truncates zero the gap;
+//! writeback allocates delalloc as unwritten and converts it when the ioend completes, writes
+//! to shared blocks go to new space remapped at completion, and a failed writeback mapping
+//! discards the delalloc from the failing offset (R15).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use iomap::iomap_dev::{
@@ -16,8 +20,9 @@ use iomap::iomap_dev::{
     MemDevice, Op,
 };
 use iomap::{
-    CacheConfig, Error, InlineData, Iomap, IomapFlags, IomapKind, IomapOps, IomapPair, IterFlags,
-    Mapping, PageCache, Result, SliceSource, WriteSource,
+    CacheConfig, ErrSeq, Error, Folio, FolioGuard, InlineData, Ioend, Iomap, IomapFlags, IomapKind,
+    IomapOps, IomapPair, IterFlags, Mapping, OpenFile, PageCache, Result, SliceSource, WriteSource,
+    WritebackControl, WritebackCtx, WritebackOps,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -35,6 +40,9 @@ pub enum Ext {
     /// A shared block being written: a delalloc reservation for the new copy, old data at
     /// `old`.
     Cow { old: u64 },
+    /// A shared block whose new copy writeback allocated at `new`; remapped there when the
+    /// ioend completes.
+    CowAlloc { old: u64, new: u64 },
 }
 
 /// A hook run on `valid`; returning true makes the mapping stale.
@@ -56,19 +64,101 @@ pub struct FsState {
     pub ends: Vec<(u64, u64, u64, IterFlags)>,
     /// Every range whose reservation was given back: (start, end).
     pub punched: Vec<(u64, u64)>,
+    /// Writeback mapping fails with this errno for offsets in the range.
+    pub fail_writeback: Option<(u64, u64, i32)>,
+    /// Offsets the engine's discard was told of.
+    pub discards: Vec<u64>,
+    /// Ioend completions the filesystem ran, in order.
+    pub completions: Vec<Ioend>,
+    /// Metadata commits (fsync).
+    pub commits: u32,
 }
 
-pub struct TestFs {
+/// What the filesystem shares with its writeback side.
+pub struct FsCore {
     pub dev: Arc<Dev>,
-    pub mapping: Mapping,
     pub bs: u64,
     pub state: Mutex<FsState>,
 }
+
+pub struct TestFs {
+    core: Arc<FsCore>,
+    pub mapping: Arc<Mapping>,
+    pub wb: Arc<dyn WritebackOps>,
+    /// The filesystem-wide error sequence syncfs reports from.
+    pub sb: Arc<ErrSeq>,
+}
+
+impl Deref for TestFs {
+    type Target = FsCore;
+    fn deref(&self) -> &FsCore {
+        &self.core
+    }
+}
+
+/// The filesystem's writeback operations.
+pub struct FsWriteback(Arc<FsCore>);
 
 pub const DEV_BYTES: u64 = 1 << 30;
 
 /// The byte freshly allocated device blocks hold.
 pub const STALE: u8 = 0xdb;
+
+impl FsCore {
+    pub fn log(&self) -> Vec<LoggedRequest> {
+        self.dev.take()
+    }
+
+    pub fn fault(&self) -> &FaultDevice<MemDevice> {
+        self.dev.inner()
+    }
+
+    pub fn mem(&self) -> &MemDevice {
+        self.dev.inner().inner()
+    }
+
+    pub fn dev_addr(&self, block: u64) -> DevAddr {
+        DevAddr(block * self.bs)
+    }
+
+    /// Allocates a device block and fills it with stale-looking bytes, as a freed block of
+    /// another file would hold: a read that should zero-fill and reads instead shows them.
+    pub fn alloc_stale(&self, st: &mut FsState) -> u64 {
+        let b = st.freed.pop().unwrap_or_else(|| {
+            st.next_dev_block += 1;
+            st.next_dev_block - 1
+        });
+        self.mem()
+            .write_at(self.dev_addr(b), &vec![STALE; self.bs as usize])
+            .unwrap();
+        b
+    }
+
+    pub fn ext(&self, block: u64) -> Option<Ext> {
+        self.state.lock().blocks.get(&block).copied()
+    }
+
+    /// Device contents of mapped file blocks, for comparison with a model: file block → data.
+    pub fn device_view(&self) -> BTreeMap<u64, Vec<u8>> {
+        let st = self.state.lock();
+        st.blocks
+            .iter()
+            .filter_map(|(b, e)| match e {
+                Ext::Mapped { block, .. } => {
+                    let mut buf = vec![0u8; self.bs as usize];
+                    self.mem().read_at(self.dev_addr(*block), &mut buf).unwrap();
+                    Some((*b, buf))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn fail_reads(&self, dev_start: u64, dev_end: u64, errno: i32) {
+        self.fault()
+            .add_rule(FaultRule::range(Op::Read, dev_start, dev_end, errno));
+    }
+}
 
 impl TestFs {
     pub fn new(block_size: u32, max_folio: usize) -> Self {
@@ -89,11 +179,13 @@ impl TestFs {
             max_request,
         ))));
         let cache = PageCache::new(config).unwrap();
-        let mapping = Mapping::new(cache, dev.clone(), block_size).unwrap();
+        let sb = Arc::new(ErrSeq::new());
+        let mut mapping = Mapping::new(cache, dev.clone(), block_size).unwrap();
+        mapping.set_sb_errseq(Arc::clone(&sb));
+        let mapping = Arc::new(mapping);
         let bs = u64::from(block_size);
-        Self {
+        let core = Arc::new(FsCore {
             dev,
-            mapping,
             bs,
             state: Mutex::new(FsState {
                 blocks: BTreeMap::new(),
@@ -107,48 +199,27 @@ impl TestFs {
                 inline: None,
                 ends: Vec::new(),
                 punched: Vec::new(),
+                fail_writeback: None,
+                discards: Vec::new(),
+                completions: Vec::new(),
+                commits: 0,
             }),
+        });
+        Self {
+            wb: Arc::new(FsWriteback(Arc::clone(&core))),
+            core,
+            mapping,
+            sb,
         }
     }
 
     /// A file whose data lives inline (in "metadata") up to one block.
     pub fn new_inline(block_size: u32) -> Self {
-        let mut fs = Self::new(block_size, 1 << 21);
+        let fs = Self::new(block_size, 1 << 21);
         fs.mapping.set_max_file_size(u64::from(block_size));
-        fs.state.get_mut().inline = Some(Arc::new(RwLock::new(Vec::new())));
+        fs.state.lock().inline = Some(Arc::new(RwLock::new(Vec::new())));
         fs
     }
-
-    pub fn log(&self) -> Vec<LoggedRequest> {
-        self.dev.take()
-    }
-
-    pub fn fault(&self) -> &FaultDevice<MemDevice> {
-        self.dev.inner()
-    }
-
-    pub fn mem(&self) -> &MemDevice {
-        self.dev.inner().inner()
-    }
-
-    pub fn dev_addr(&self, block: u64) -> DevAddr {
-        DevAddr(block * self.bs)
-    }
-
-    /// Allocates a device block and fills it with stale-looking bytes, as a freed block of
-    /// another file would hold: a read that should zero-fill and reads instead shows them.
-    fn alloc_stale(&self, st: &mut FsState) -> u64 {
-        let b = st.freed.pop().unwrap_or_else(|| {
-            st.next_dev_block += 1;
-            st.next_dev_block - 1
-        });
-        self.mem()
-            .write_at(self.dev_addr(b), &vec![STALE; self.bs as usize])
-            .unwrap();
-        b
-    }
-
-    // ---- setting up extents directly ----
 
     /// Maps file blocks `[first, first + n)` to fresh device blocks holding `fill(i)` bytes.
     pub fn map_blocks(&self, first: u64, n: u64, fill: impl Fn(u64) -> u8) -> u64 {
@@ -203,10 +274,6 @@ impl TestFs {
             }
         }
         st.cookie += 1;
-    }
-
-    pub fn ext(&self, block: u64) -> Option<Ext> {
-        self.state.lock().blocks.get(&block).copied()
     }
 
     // ---- file operations as a filesystem would wrap the engine ----
@@ -285,7 +352,8 @@ impl TestFs {
                     block,
                     shared: false,
                 })
-                | Some(Ext::Unwritten { block }) => st.freed.push(block),
+                | Some(Ext::Unwritten { block })
+                | Some(Ext::CowAlloc { new: block, .. }) => st.freed.push(block),
                 // Reservations hold no block; a shared block's old copy is another file's.
                 _ => {}
             }
@@ -294,92 +362,22 @@ impl TestFs {
         st.cookie += 1;
     }
 
-    /// Stands in for writeback until the engine has it: writes every dirty block to the
-    /// device, allocating delalloc and copy-on-write blocks and converting unwritten ones, and
-    /// cleans the cache. Blocks wholly past EOF are cleaned without I/O; the EOF block is
-    /// zeroed past EOF first.
+    /// Writes back everything and waits: data-integrity writeback of the whole file.
     pub fn flush_all(&self) {
-        let size = self.mapping.size();
-        for fpos in self.mapping.dirty_folios(0, u64::MAX) {
-            let Some(folio) = self.mapping.find_folio(fpos) else {
-                continue;
-            };
-            let guard = folio.lock();
-            if guard.is_detached() {
-                continue;
-            }
-            for (off, len) in guard.dirty_ranges() {
-                let mut p = guard.pos() + off as u64;
-                let end = p + len as u64;
-                while p < end {
-                    let boff = (p - guard.pos()) as usize;
-                    if p < size {
-                        if p + self.bs > size {
-                            let keep = (size - p) as usize;
-                            guard.zero(boff + keep, self.bs as usize - keep);
-                        }
-                        let dev_block = self.allocate_for_writeback(p / self.bs);
-                        if let Some(d) = dev_block {
-                            let mut buf = vec![0u8; self.bs as usize];
-                            guard.copy_out(boff, &mut buf);
-                            self.dev.write_at(self.dev_addr(d), &buf).unwrap();
-                        }
-                    }
-                    p += self.bs;
-                }
-            }
-            self.mapping.clear_dirty(&guard, 0, guard.size());
-        }
+        iomap::write_and_wait_range(&self.mapping, &self.wb, 0, u64::MAX).unwrap();
     }
 
-    fn allocate_for_writeback(&self, block: u64) -> Option<u64> {
-        let mut st = self.state.lock();
-        let ext = st.blocks.get(&block).copied();
-        let dev = match ext {
-            None => {
-                if st.inline.is_some() {
-                    return None;
-                }
-                // Dirty data over a hole comes from a mapped write; allocate as XFS would.
-                st.free_blocks -= 1;
-                self.alloc_stale(&mut st)
-            }
-            Some(Ext::Delalloc) | Some(Ext::Cow { .. }) => self.alloc_stale(&mut st),
-            Some(Ext::Mapped {
-                block,
-                shared: false,
-            }) => return Some(block),
-            Some(Ext::Mapped { shared: true, .. }) => {
-                st.free_blocks -= 1;
-                self.alloc_stale(&mut st)
-            }
-            Some(Ext::Unwritten { block }) => block,
-        };
-        st.blocks.insert(
-            block,
-            Ext::Mapped {
-                block: dev,
-                shared: false,
-            },
-        );
-        st.cookie += 1;
-        Some(dev)
+    /// Writes back with `wbc`, without waiting.
+    pub fn writeback(&self, wbc: &mut WritebackControl) -> Result<()> {
+        iomap::writepages(&self.mapping, &self.wb, wbc)
     }
 
-    /// Device contents of mapped file blocks, for comparison with a model: file block → data.
-    pub fn device_view(&self) -> BTreeMap<u64, Vec<u8>> {
-        let st = self.state.lock();
-        st.blocks
-            .iter()
-            .filter_map(|(b, e)| match e {
-                Ext::Mapped { block, .. } => {
-                    let mut buf = vec![0u8; self.bs as usize];
-                    self.mem().read_at(self.dev_addr(*block), &mut buf).unwrap();
-                    Some((*b, buf))
-                }
-                _ => None,
-            })
-            .collect()
+    pub fn open(&self) -> OpenFile {
+        OpenFile::open(&self.mapping)
+    }
+
+    pub fn fsync(&self, file: &OpenFile) -> Result<()> {
+        file.fsync(&self.wb, 0, u64::MAX, false)
     }
 
     /// Device requests of one kind in the log.
@@ -390,18 +388,9 @@ impl TestFs {
             .collect()
     }
 
-    pub fn fail_reads(&self, dev_start: u64, dev_end: u64, errno: i32) {
-        self.fault().add_rule(FaultRule {
-            op: Op::Read,
-            range: (DevAddr(dev_start), DevAddr(dev_end)),
-            errno,
-            remaining: None,
-        });
-    }
-
     /// Length of the run of blocks from `b` that map like `b` does (same kind, contiguous on
     /// the device), at most `max` blocks.
-    fn run_len(st: &FsState, b: u64, max: u64) -> u64 {
+    pub fn run_len(st: &FsState, b: u64, max: u64) -> u64 {
         let first = st.blocks.get(&b).copied();
         let mut n = 1;
         while n < max {
@@ -423,6 +412,9 @@ impl TestFs {
                     c == a + n
                 }
                 (Some(Ext::Cow { old: a }), Some(Ext::Cow { old: c })) => c == a + n,
+                (Some(Ext::CowAlloc { old: a, .. }), Some(Ext::CowAlloc { old: c, .. })) => {
+                    c == a + n
+                }
                 _ => false,
             };
             if !same {
@@ -512,12 +504,14 @@ impl IomapOps for TestFs {
             }) => Iomap::mapped(off, run * bs, self.dev_addr(block))
                 .with_flags(IomapFlags::SHARED)
                 .into(),
-            Some(Ext::Cow { old }) if write => IomapPair {
+            Some(Ext::Cow { old }) | Some(Ext::CowAlloc { old, .. }) if write => IomapPair {
                 iomap: Iomap::new(IomapKind::Delalloc, off, run * bs)
                     .with_flags(IomapFlags::SHARED),
                 srcmap: Some(Iomap::mapped(off, run * bs, self.dev_addr(old))),
             },
-            Some(Ext::Cow { old }) => Iomap::mapped(off, run * bs, self.dev_addr(old)).into(),
+            Some(Ext::Cow { old }) | Some(Ext::CowAlloc { old, .. }) => {
+                Iomap::mapped(off, run * bs, self.dev_addr(old)).into()
+            }
         };
         let cookie = st.cookie;
         Ok(IomapPair {
@@ -614,4 +608,125 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 pub fn dev_capacity(fs: &TestFs) -> u64 {
     fs.dev.capacity_bytes()
+}
+
+impl WritebackOps for FsWriteback {
+    fn writeback_range(
+        &self,
+        ctx: &mut WritebackCtx<'_>,
+        folio: &FolioGuard,
+        pos: u64,
+        len: u64,
+        end_pos: u64,
+    ) -> Result<u64> {
+        let core = &self.0;
+        let bs = core.bs;
+        let iomap = {
+            let mut st = core.state.lock();
+            if let Some((start, end, errno)) = st.fail_writeback {
+                if pos >= start && pos < end {
+                    return Err(Error::from_errno(errno));
+                }
+            }
+            if st.inline.is_some() {
+                return Ok(len); // inline data is written with the metadata
+            }
+            let b = pos / bs;
+            let nblocks = (pos + len).div_ceil(bs) - b;
+            let off = b * bs;
+            match st.blocks.get(&b).copied() {
+                None => Iomap::hole(off, bs),
+                // Allocate as XFS does: delalloc becomes unwritten, converted at completion.
+                Some(Ext::Delalloc) => {
+                    let first = core.alloc_stale(&mut st);
+                    st.blocks.insert(b, Ext::Unwritten { block: first });
+                    let mut n = 1;
+                    while n < nblocks && st.blocks.get(&(b + n)) == Some(&Ext::Delalloc) {
+                        let d = core.alloc_stale(&mut st);
+                        if d != first + n {
+                            st.freed.push(d); // not contiguous: map what we have
+                            break;
+                        }
+                        st.blocks.insert(b + n, Ext::Unwritten { block: d });
+                        n += 1;
+                    }
+                    st.cookie += 1;
+                    Iomap::unwritten(off, n * bs, core.dev_addr(first))
+                }
+                Some(Ext::Unwritten { block }) => {
+                    let run = TestFs::run_len(&st, b, nblocks);
+                    Iomap::unwritten(off, run * bs, core.dev_addr(block))
+                }
+                Some(Ext::Mapped {
+                    block,
+                    shared: false,
+                }) => {
+                    let run = TestFs::run_len(&st, b, nblocks);
+                    Iomap::mapped(off, run * bs, core.dev_addr(block))
+                }
+                Some(Ext::Cow { old })
+                | Some(Ext::Mapped {
+                    block: old,
+                    shared: true,
+                }) => {
+                    let new = core.alloc_stale(&mut st);
+                    st.blocks.insert(b, Ext::CowAlloc { old, new });
+                    st.cookie += 1;
+                    Iomap::mapped(off, bs, core.dev_addr(new)).with_flags(IomapFlags::SHARED)
+                }
+                Some(Ext::CowAlloc { new, .. }) => {
+                    Iomap::mapped(off, bs, core.dev_addr(new)).with_flags(IomapFlags::SHARED)
+                }
+            }
+        };
+        ctx.iomap = Some(iomap);
+        ctx.add_to_ioend(folio, pos, len, end_pos)
+    }
+
+    fn discard(&self, folio: &Folio, pos: u64) {
+        let core = &self.0;
+        let mut st = core.state.lock();
+        st.discards.push(pos);
+        for b in pos / core.bs..folio.end() / core.bs {
+            if st.blocks.get(&b) == Some(&Ext::Delalloc) {
+                st.blocks.remove(&b);
+                st.free_blocks += 1;
+            }
+        }
+        st.cookie += 1;
+    }
+
+    fn ioend_complete(&self, _mapping: &Mapping, ioend: &Ioend) -> Result<()> {
+        let core = &self.0;
+        let mut st = core.state.lock();
+        st.completions.push(ioend.clone());
+        for b in ioend.offset / core.bs..ioend.end().div_ceil(core.bs) {
+            let new = match (st.blocks.get(&b).copied(), ioend.error) {
+                (Some(Ext::Unwritten { block }), None) => Ext::Mapped {
+                    block,
+                    shared: false,
+                },
+                (Some(Ext::CowAlloc { new, .. }), None) => Ext::Mapped {
+                    block: new,
+                    shared: false,
+                },
+                (Some(Ext::CowAlloc { old, new }), Some(_)) => {
+                    st.freed.push(new);
+                    Ext::Mapped {
+                        block: old,
+                        shared: true,
+                    }
+                }
+                _ => continue,
+            };
+            st.blocks.insert(b, new);
+        }
+        st.cookie += 1;
+        Ok(())
+    }
+
+    fn commit(&self, _datasync: bool) -> Result<()> {
+        self.0.state.lock().commits += 1;
+        Ok(())
+    }
 }
