@@ -373,6 +373,19 @@ impl Mapping {
         self.tags.lock().dirty.range(start..end).copied().collect()
     }
 
+    /// Whether the cache holds data over `[start, end)` that the device does not have yet: a
+    /// dirty block, or a folio under writeback (whose extent may still be unwritten until its
+    /// ioend completes), the kernel's `filemap_range_needs_writeback`.
+    pub fn range_needs_writeback(&self, start: u64, end: u64) -> bool {
+        let from = start.saturating_sub(self.max_folio as u64 - 1);
+        let under_writeback = self
+            .writeback_folios(from, end)
+            .into_iter()
+            .filter_map(|p| self.find_folio(p))
+            .any(|f| f.end() > start && f.is_writeback());
+        under_writeback || self.range_dirty(start, end)
+    }
+
     /// Whether any block touching `[start, end)` is dirty in the cache.
     pub fn range_dirty(&self, start: u64, end: u64) -> bool {
         self.dirty_folios(start.saturating_sub(self.max_folio as u64), end)

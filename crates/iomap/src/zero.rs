@@ -1,8 +1,10 @@
 //! Zeroing file ranges through the cache: `zero_range` and `truncate_page` (rule R11).
 //!
 //! Holes and unwritten extents already read as zeros, so they are skipped unless the cache
-//! holds dirty data over them, which is zeroed; everything else is zeroed in the cache and
-//! dirtied, for writeback to carry to the device.
+//! holds data over them the device does not have yet: dirty blocks, or folios under writeback
+//! (whose unwritten extent becomes written when the ioend completes). Those are zeroed, after
+//! waiting for writeback and remapping; everything else is zeroed in the cache and dirtied,
+//! for writeback to carry to the device.
 
 use crate::error::{Error, Result};
 use crate::iomap::{IomapKind, IomapOps, IterFlags};
@@ -30,11 +32,12 @@ pub fn zero_range(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> 
                 let end = it.pos() + it.length();
                 return rewrite_in_place(mapping, it, end, zero);
             }
-            // Only folios holding dirty data over the range need zeroing; the rest already
-            // reads as zeros.
+            // Only folios holding data the device lacks need zeroing; the rest already reads
+            // as zeros.
             let end = it.pos() + it.length();
             for folio in mapping.folios_in(it.pos(), end) {
-                if !mapping.range_dirty(folio.pos().max(it.pos()), folio.end().min(end)) {
+                let (from, to) = (folio.pos().max(it.pos()), folio.end().min(end));
+                if !mapping.range_needs_writeback(from, to) {
                     continue;
                 }
                 let from = folio.pos().max(it.pos());

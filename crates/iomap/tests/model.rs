@@ -16,6 +16,7 @@
 mod common;
 
 use common::{pattern, ShortSource, TestFs};
+use iomap::WritebackControl;
 use proptest::prelude::*;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 
@@ -69,8 +70,22 @@ enum Step {
         pos: u64,
         len: u64,
     },
-    /// Stand-in writeback of every dirty block, then a device comparison.
+    /// Writeback of every dirty block, waited for, then a device comparison.
     Flush,
+    /// fsync of a range through an open file, then a device comparison over it.
+    Fsync {
+        pos: u64,
+        len: u64,
+    },
+    /// Data-integrity writeback of a range, not waited for.
+    WritebackRange {
+        pos: u64,
+        len: u64,
+    },
+    /// Background writeback with a budget, not waited for.
+    Background {
+        budget: u64,
+    },
     /// Writeback, then release every clean folio so later reads come from the device.
     DropCaches,
     /// Release clean folios only (dirty ones must survive).
@@ -171,6 +186,9 @@ impl ReferenceStateMachine for RefMachine {
             1 => Just(Step::Invalidate),
             3 => Just(Step::Verify),
             2 => Just(Step::StaleOnce),
+            2 => pos_len().prop_map(|(pos, len)| Step::Fsync { pos, len }),
+            2 => pos_len().prop_map(|(pos, len)| Step::WritebackRange { pos, len }),
+            1 => (0..MAX_LEN).prop_map(|budget| Step::Background { budget }),
         ]
         .boxed()
     }
@@ -204,7 +222,10 @@ impl ReferenceStateMachine for RefMachine {
             | Step::DropCaches
             | Step::Invalidate
             | Step::Verify
-            | Step::StaleOnce => {}
+            | Step::StaleOnce
+            | Step::Fsync { .. }
+            | Step::WritebackRange { .. }
+            | Step::Background { .. } => {}
         }
         state
     }
@@ -306,6 +327,19 @@ impl StateMachineTest for Engine {
                 assert_eq!(fs.mapping.nr_folios(), 0, "every folio was clean");
             }
             Step::Verify => verify_contents(&fs, model),
+            Step::Fsync { pos, len } => {
+                let file = fs.open();
+                file.fsync(&fs.wb, pos, pos + len, false).unwrap();
+                check_device_range(&fs, model, pos, pos + len);
+            }
+            Step::WritebackRange { pos, len } => {
+                fs.writeback(&mut WritebackControl::integrity(pos, pos + len))
+                    .unwrap();
+            }
+            Step::Background { budget } => {
+                fs.writeback(&mut WritebackControl::background(budget))
+                    .unwrap();
+            }
             Step::StaleOnce => {
                 let mut once = true;
                 fs.state.lock().on_valid = Some(Box::new(move |_, _| std::mem::take(&mut once)));
@@ -358,8 +392,17 @@ fn verify_contents(fs: &TestFs, model: &Model) {
 /// After writeback every mapped block inside the file holds the model's bytes (zeros past
 /// EOF in the EOF block).
 fn check_device(fs: &TestFs, model: &Model) {
+    check_device_range(fs, model, 0, u64::MAX);
+}
+
+/// Like `check_device`, for the blocks wholly inside `[start, end)`.
+fn check_device_range(fs: &TestFs, model: &Model, start: u64, end: u64) {
     let bs = fs.bs as usize;
     for (b, bytes) in fs.device_view() {
+        let start_b = b * fs.bs;
+        if start_b < start || start_b.saturating_add(fs.bs) > end {
+            continue;
+        }
         let start = b as usize * bs;
         if start >= model.data.len() {
             continue;

@@ -424,3 +424,50 @@ fn r7_zero_range_remaps_when_a_mapping_goes_stale_between_dirty_folios() {
         "the stale mapping was ended and the range remapped once"
     );
 }
+
+/// Regression (found by the model test): zero_range skipped a clean folio under writeback over
+/// an unwritten extent; when the ioend completed the extent became written and the bytes that
+/// should have been zeroed came back. Such folios count as data the device lacks, like dirty
+/// ones, as in Linux's `filemap_range_needs_writeback`.
+#[test]
+fn r11_zero_range_zeroes_cache_under_writeback_over_unwritten_extents() {
+    let fs = TestFs::new(1024, 4096);
+    fs.fallocate_blocks(0, 4).unwrap();
+    fs.mapping.set_size(4096);
+    fs.write(0, &[6u8; 4096]).unwrap();
+    let cache = fs.mapping.cache();
+    std::thread::scope(|s| {
+        let hold = cache.hold_completions();
+        fs.flush_all_nowait();
+        assert!(fs.mapping.find_folio(0).unwrap().is_writeback());
+        assert!(
+            matches!(fs.ext(1), Some(Ext::Unwritten { .. })),
+            "conversion is held back"
+        );
+        // zero_range must wait for the writeback (however long the release takes); a version
+        // that skips the folio returns at once with nothing zeroed.
+        s.spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(hold);
+        });
+        assert!(
+            zero_range(&fs.mapping, &fs, 1000, 2000).unwrap(),
+            "zeroed, not skipped"
+        );
+    });
+    fs.flush_all();
+    let data = fs.read(0, 4096).unwrap();
+    assert!(data[..1000].iter().all(|&b| b == 6));
+    assert!(data[1000..3000].iter().all(|&b| b == 0));
+    assert!(data[3000..].iter().all(|&b| b == 6));
+    let b1 = match fs.ext(1) {
+        Some(Ext::Mapped { block, .. }) => block,
+        other => panic!("{other:?}"),
+    };
+    let mut dev = vec![1u8; 1024];
+    fs.mem().read_at(fs.dev_addr(b1), &mut dev).unwrap();
+    assert!(
+        dev.iter().all(|&b| b == 0),
+        "the device holds the zeros too"
+    );
+}

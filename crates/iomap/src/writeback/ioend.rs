@@ -130,6 +130,42 @@ impl IoendBuild {
     }
 }
 
+impl IoendBuild {
+    /// Splits off the bytes of `folio` at the tail of this ioend (the folio being written back
+    /// is always the last one added), leaving the rest; `None` if the tail is another folio's.
+    pub(crate) fn split_tail(&mut self, folio: &Arc<Folio>) -> Option<IoendBuild> {
+        let (last, len) = self.parts.last()?;
+        if !Arc::ptr_eq(last, folio) {
+            return None;
+        }
+        let len = *len;
+        let (folio, _) = self.parts.pop()?;
+        let seg = self.req.segments.pop()?;
+        debug_assert!(Arc::ptr_eq(&seg.buf, folio.data()) && seg.len as u64 == len);
+        self.ioend.size -= len;
+        let offset = self.ioend.end();
+        let addr = self.ioend.addr + self.ioend.size;
+        let mut tail = IoendBuild {
+            ioend: Ioend {
+                offset,
+                size: len,
+                addr,
+                flags: self.ioend.flags & !IoendFlags::BOUNDARY,
+                error: None,
+            },
+            req: DeviceRequest::write(addr, vec![seg]),
+            parts: vec![(folio, len)],
+        };
+        tail.req.fua = self.req.fua;
+        Some(tail)
+    }
+
+    /// True when nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ioend.size == 0
+    }
+}
+
 /// Submits `b` to the mapping's device; with `fail`, completes it with that errno instead.
 pub(crate) fn submit(
     mapping: &Arc<Mapping>,

@@ -9,6 +9,10 @@
 //! the error is recorded on the mapping; R18 data-integrity writeback goes on after an error
 //! and returns the first, background writeback stops at the first error.
 //!
+//! Unlike Linux, which fails whichever ioend is pending when the pass ends (possibly a later,
+//! healthy folio's), the failing folio's queued blocks are split off the pending ioend and
+//! failed alone, so no other folio's data is dropped for its error.
+//!
 //! Locking: each folio is locked while its dirty ranges are handed to the filesystem; the
 //! pending ioend may be submitted with the current folio locked, so completions take no folio
 //! lock. Writeback of a folio ends when its `write_bytes_pending` (plus the writer's one-byte
@@ -228,6 +232,21 @@ impl<'a> WritebackCtx<'a> {
         Ok(map_len)
     }
 
+    /// Fails, without I/O, the bytes of `folio` queued at the tail of the pending ioend: the
+    /// blocks of a folio whose writeback failed part-way (R15). Blocks of earlier folios in the
+    /// same ioend are unaffected and still go to the device.
+    fn fail_folio_tail(&mut self, folio: &Arc<Folio>, errno: i32) {
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        if let Some(tail) = pending.split_tail(folio) {
+            if pending.is_empty() {
+                self.pending = None;
+            }
+            ioend::submit(self.mapping, self.ops, tail, Some(errno));
+        }
+    }
+
     /// Submits the pending ioend, or fails it with `error` without I/O: what
     /// [`WritebackOps::writeback_submit`] does by default.
     pub fn submit_pending(&mut self, error: Option<i32>) {
@@ -275,10 +294,10 @@ pub fn writepages(
         match writeback_folio(&mut ctx, &guard) {
             Ok(n) => wbc.written_bytes += n,
             Err(e) => {
-                // Blocks queued so far fail with their ioend (R15); later folios start afresh.
-                let errno = e.errno();
+                // This folio's queued blocks fail with their own ioend (R15); blocks of earlier
+                // folios queued with them still go out.
+                ctx.fail_folio_tail(&guard, e.errno());
                 drop(guard);
-                ops.writeback_submit(&mut ctx, Some(errno));
                 if first_err.is_none() {
                     first_err = Some(e);
                 }

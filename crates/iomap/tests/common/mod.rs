@@ -72,6 +72,10 @@ pub struct FsState {
     pub completions: Vec<Ioend>,
     /// Metadata commits (fsync).
     pub commits: u32,
+    /// At most this many blocks are mapped by one writeback_range call.
+    pub wb_max_blocks: Option<u64>,
+    /// Mapped blocks that start a mapping flagged BOUNDARY at writeback.
+    pub boundary: Vec<u64>,
 }
 
 /// What the filesystem shares with its writeback side.
@@ -203,6 +207,8 @@ impl TestFs {
                 discards: Vec::new(),
                 completions: Vec::new(),
                 commits: 0,
+                wb_max_blocks: None,
+                boundary: Vec::new(),
             }),
         });
         Self {
@@ -365,6 +371,12 @@ impl TestFs {
     /// Writes back everything and waits: data-integrity writeback of the whole file.
     pub fn flush_all(&self) {
         iomap::write_and_wait_range(&self.mapping, &self.wb, 0, u64::MAX).unwrap();
+    }
+
+    /// Starts data-integrity writeback of the whole file without waiting for it.
+    pub fn flush_all_nowait(&self) {
+        self.writeback(&mut WritebackControl::integrity(0, u64::MAX))
+            .unwrap();
     }
 
     /// Writes back with `wbc`, without waiting.
@@ -632,7 +644,13 @@ impl WritebackOps for FsWriteback {
                 return Ok(len); // inline data is written with the metadata
             }
             let b = pos / bs;
-            let nblocks = (pos + len).div_ceil(bs) - b;
+            let mut nblocks = (pos + len).div_ceil(bs) - b;
+            if let Some(max) = st.wb_max_blocks {
+                nblocks = nblocks.min(max);
+            }
+            if let Some(next) = st.boundary.iter().find(|&&x| x > b) {
+                nblocks = nblocks.min(next - b);
+            }
             let off = b * bs;
             match st.blocks.get(&b).copied() {
                 None => Iomap::hole(off, bs),
@@ -662,7 +680,12 @@ impl WritebackOps for FsWriteback {
                     shared: false,
                 }) => {
                     let run = TestFs::run_len(&st, b, nblocks);
-                    Iomap::mapped(off, run * bs, core.dev_addr(block))
+                    let iomap = Iomap::mapped(off, run * bs, core.dev_addr(block));
+                    if st.boundary.contains(&b) {
+                        iomap.with_flags(IomapFlags::BOUNDARY)
+                    } else {
+                        iomap
+                    }
                 }
                 Some(Ext::Cow { old })
                 | Some(Ext::Mapped {
