@@ -376,17 +376,21 @@ impl Folio {
     /// case the caller must call [`Folio::end_read`]. A single-block folio has one owner of its
     /// read at a time, so giving back always ends it.
     pub(crate) fn read_done(&self, bytes: u64) -> bool {
+        self.give_back(bytes, "read", |s| &mut s.read_bytes_pending)
+    }
+
+    /// Subtracts `bytes` from the pending count `field` picks; true when it reached zero, or
+    /// when the folio has no state (one owner, so giving back ends the I/O).
+    fn give_back(&self, bytes: u64, what: &str, field: fn(&mut FolioState) -> &mut u64) -> bool {
         let mut slot = self.state();
-        match slot.as_mut() {
-            Some(s) => {
-                s.read_bytes_pending = s
-                    .read_bytes_pending
-                    .checked_sub(bytes)
-                    .unwrap_or_else(|| panic!("read_bytes_pending underflow at {}", self.pos));
-                s.read_bytes_pending == 0
-            }
-            None => true,
-        }
+        let Some(s) = slot.as_mut() else {
+            return true;
+        };
+        let pending = field(s);
+        *pending = pending
+            .checked_sub(bytes)
+            .unwrap_or_else(|| panic!("{what}_bytes_pending underflow at {}", self.pos));
+        *pending == 0
     }
 
     /// Records a failed read so that a waiting reader can report its errno.
@@ -424,17 +428,7 @@ impl Folio {
     /// Gives back `bytes` of write-pending accounting; true when this ended the folio's write
     /// I/O, in which case the caller ends its writeback. Without state there is one owner.
     pub(crate) fn write_done(&self, bytes: u64) -> bool {
-        let mut slot = self.state();
-        match slot.as_mut() {
-            Some(s) => {
-                s.write_bytes_pending = s
-                    .write_bytes_pending
-                    .checked_sub(bytes)
-                    .unwrap_or_else(|| panic!("write_bytes_pending underflow at {}", self.pos));
-                s.write_bytes_pending == 0
-            }
-            None => true,
-        }
+        self.give_back(bytes, "write", |s| &mut s.write_bytes_pending)
     }
 
     /// Bytes of write I/O pending, as [`FolioState`] counts them (0 without state).
