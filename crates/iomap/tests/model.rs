@@ -22,6 +22,7 @@ use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMac
 
 const BLOCK_SIZES: [u32; 5] = [512, 1024, 4096, 16384, 65536];
 const MAX_FOLIOS: [usize; 5] = [4096, 16384, 65536, 256 << 10, 2 << 20];
+const PAGE_SIZES: [usize; 3] = [4096, 8192, 65536];
 /// Offsets stay below this, lengths below `MAX_LEN`.
 const MAX_POS: u64 = 384 << 10;
 const MAX_LEN: u64 = 96 << 10;
@@ -100,13 +101,14 @@ enum Step {
 #[derive(Clone, Debug)]
 struct Model {
     block_size: u32,
+    page_size: usize,
     max_folio: usize,
     data: Vec<u8>,
 }
 
 impl Model {
     fn min_folio(&self) -> u64 {
-        (self.block_size as u64).max(4096)
+        (self.block_size as u64).max(self.page_size as u64)
     }
 
     fn write(&mut self, pos: u64, bytes: &[u8]) {
@@ -156,10 +158,13 @@ impl ReferenceStateMachine for RefMachine {
     type Transition = Step;
 
     fn init_state() -> BoxedStrategy<Model> {
-        (0..BLOCK_SIZES.len(), 0..MAX_FOLIOS.len())
-            .prop_map(|(b, f)| Model {
+        // Mostly 4 KiB pages, as most machines have.
+        let page = prop_oneof![4 => Just(0usize), 1 => Just(1), 1 => Just(2)];
+        (0..BLOCK_SIZES.len(), 0..MAX_FOLIOS.len(), page)
+            .prop_map(|(b, f, p)| Model {
                 block_size: BLOCK_SIZES[b],
-                max_folio: MAX_FOLIOS[f],
+                page_size: PAGE_SIZES[p],
+                max_folio: MAX_FOLIOS[f].max(PAGE_SIZES[p]),
                 data: Vec::new(),
             })
             .boxed()
@@ -238,7 +243,11 @@ impl StateMachineTest for Engine {
     type Reference = RefMachine;
 
     fn init_test(model: &Model) -> TestFs {
-        TestFs::new(model.block_size, model.max_folio)
+        let config = iomap::CacheConfig {
+            page_size: model.page_size,
+            max_folio_size: model.max_folio,
+        };
+        TestFs::with_config(model.block_size, config, 1 << 20)
     }
 
     fn apply(fs: TestFs, model: &Model, step: Step) -> TestFs {
@@ -302,7 +311,7 @@ impl StateMachineTest for Engine {
                         let n = (len)
                             .min(size - pos)
                             .min(folio.pos() + folio.len() as u64 - pos);
-                        let mf = (bs).max(4096);
+                        let mf = model.min_folio();
                         let n = n.min(mf - pos % mf);
                         folio
                             .write((pos - folio.pos()) as usize, &pattern(n as usize, seed))
