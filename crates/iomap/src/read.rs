@@ -292,8 +292,6 @@ impl<'a> ReadCtx<'a> {
         pos: u64,
         addr: DevAddr,
     ) {
-        let stats = self.mapping.cache().stats();
-        let bs = folio.block_size();
         let (mut poff, mut plen, mut pos, mut addr) = (poff, plen, pos, addr);
         while plen > 0 {
             let joins = self.pending.as_ref().is_some_and(|p| {
@@ -313,9 +311,6 @@ impl<'a> ReadCtx<'a> {
             };
             let room = (self.max_request - pending.req.len()) as usize;
             let n = plen.min(room);
-            if joins {
-                stats.blocks_merged.add((n / bs) as u64);
-            }
             pending
                 .req
                 .push_segment(BufRange::new(Arc::clone(folio.data()), poff, n));
@@ -337,8 +332,10 @@ impl<'a> ReadCtx<'a> {
             return;
         };
         let cache = Arc::clone(self.mapping.cache());
+        let blocks = req.len() / self.mapping.block_size() as u64;
         cache.stats().dev_read_requests.add(1);
         cache.stats().dev_read_bytes.add(req.len());
+        cache.stats().blocks_merged.add(blocks.saturating_sub(1));
         trace!(addr = ?req.addr, len = req.len(), folios = parts.len(), "read submit");
         self.mapping.dev().submit(
             req,

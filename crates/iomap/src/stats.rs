@@ -83,7 +83,8 @@ cache_stats! {
     dev_read_requests,
     /// Bytes read from the device.
     dev_read_bytes,
-    /// Blocks that joined an existing device request instead of starting one.
+    /// Blocks that went to the device in a request another block started: for each read or
+    /// write request, its blocks less one.
     blocks_merged,
     /// Device write requests submitted.
     dev_write_requests,

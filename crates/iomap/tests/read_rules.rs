@@ -121,8 +121,8 @@ fn r3_contiguous_blocks_are_read_with_one_request_across_folios() {
     let after = fs.mapping.cache().stats().snapshot();
     assert_eq!(
         after.blocks_merged - before.blocks_merged,
-        60,
-        "4 blocks start the request, 60 join it"
+        63,
+        "64 blocks in one request: 63 beyond the first"
     );
     assert_eq!(after.dev_read_requests - before.dev_read_requests, 1);
 }

@@ -84,8 +84,8 @@ fn r14_contiguous_dirty_blocks_merge_into_one_request_across_folios() {
     assert_eq!(after.ioends - before.ioends, 1);
     assert_eq!(
         after.blocks_merged - before.blocks_merged,
-        4,
-        "the second folio's blocks joined"
+        7,
+        "8 blocks in one request: 7 beyond the first"
     );
 }
 

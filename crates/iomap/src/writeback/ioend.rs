@@ -188,6 +188,8 @@ pub(crate) fn submit(
     }
     stats.dev_write_requests.add(1);
     stats.dev_write_bytes.add(b.ioend.size);
+    let blocks = b.ioend.size / mapping.block_size() as u64;
+    stats.blocks_merged.add(blocks.saturating_sub(1));
     trace!(ioend = ?b.ioend, "ioend submit");
     let (mapping2, ops2) = (Arc::clone(mapping), Arc::clone(ops));
     let IoendBuild { ioend, req, parts } = b;

@@ -220,10 +220,6 @@ impl<'a> WritebackCtx<'a> {
                 unreachable!("an ioend was just started")
             };
             let n = (end - at).min(self.max_ioend - pending.ioend.size);
-            if joins {
-                let blocks = n / self.mapping.block_size() as u64;
-                self.mapping.cache().stats().blocks_merged.add(blocks);
-            }
             pending.push(folio, (at - folio.pos()) as usize, n);
             self.queued = true;
             at += n;
