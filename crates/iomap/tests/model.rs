@@ -238,151 +238,187 @@ impl ReferenceStateMachine for RefMachine {
 
 struct Engine;
 
+/// The engine under test, and the bytes the model expects after the last step (for the final
+/// sync in `teardown`, which sees no model).
+struct Sut {
+    fs: TestFs,
+    expect: Vec<u8>,
+}
+
 impl StateMachineTest for Engine {
-    type SystemUnderTest = TestFs;
+    type SystemUnderTest = Sut;
     type Reference = RefMachine;
 
-    fn init_test(model: &Model) -> TestFs {
-        let config = iomap::CacheConfig {
-            page_size: model.page_size,
-            max_folio_size: model.max_folio,
-        };
-        TestFs::with_config(model.block_size, config, 1 << 20)
-    }
-
-    fn apply(fs: TestFs, model: &Model, step: Step) -> TestFs {
-        let bs = fs.bs;
-        match step {
-            Step::Write { pos, len, seed } => {
-                let n = fs.write(pos, &pattern(len as usize, seed)).unwrap();
-                assert_eq!(n, len);
-            }
-            Step::ShortWrite {
-                pos,
-                len,
-                seed,
-                per_call,
-                limit,
-            } => {
-                let data = pattern(len as usize, seed);
-                let mut src = ShortSource::new(&data, per_call, limit);
-                let n = fs.write_from(pos, len, &mut src).unwrap();
-                assert_eq!(n as usize, (len as usize).min(limit));
-                assert_eq!(
-                    src.consumed(),
-                    n as usize,
-                    "bytes taken and not written were given back"
-                );
-            }
-            Step::Read { pos, len } => {
-                let got = fs.read(pos, len as usize).unwrap();
-                let size = model.data.len() as u64;
-                let end = (pos + len).min(size).max(pos.min(size));
-                assert_eq!(
-                    got.len() as u64,
-                    end - pos.min(size),
-                    "read length at {pos}+{len}"
-                );
-                assert!(
-                    got == model.data[pos.min(size) as usize..end as usize],
-                    "read {pos}+{len}"
-                );
-            }
-            Step::Truncate { size } => fs.truncate(size).unwrap(),
-            Step::ZeroRange { pos, len } => {
-                iomap::zero_range(&fs.mapping, &fs, pos, len).unwrap();
-            }
-            Step::Punch { pos, len } => {
-                if len > 0 {
-                    fs.punch(pos, len).unwrap()
-                }
-            }
-            Step::Fallocate { pos, len } => {
-                if len > 0 {
-                    fs.fallocate_blocks(pos / bs, (pos + len).div_ceil(bs) - pos / bs)
-                        .unwrap();
-                }
-            }
-            Step::Mkwrite { pos, len, seed } => {
-                let size = fs.mapping.size();
-                match iomap::page_mkwrite(&fs.mapping, &fs, pos) {
-                    Ok(folio) => {
-                        assert!(pos < size);
-                        let n = (len)
-                            .min(size - pos)
-                            .min(folio.pos() + folio.len() as u64 - pos);
-                        let mf = model.min_folio();
-                        let n = n.min(mf - pos % mf);
-                        folio
-                            .write((pos - folio.pos()) as usize, &pattern(n as usize, seed))
-                            .unwrap();
-                    }
-                    Err(e) => {
-                        assert!(pos >= size, "mkwrite inside the file failed: {e}");
-                        assert_eq!(e.errno(), 14);
-                    }
-                }
-            }
-            Step::ShareAll => fs.share_blocks(0, MAX_POS.div_ceil(bs) + 64),
-            Step::Unshare { pos, len } => iomap::file_unshare(&fs.mapping, &fs, pos, len).unwrap(),
-            Step::Flush => {
-                fs.flush_all();
-                check_device(&fs, model);
-            }
-            Step::DropCaches => {
-                fs.flush_all();
-                check_device(&fs, model);
-                fs.mapping.release_clean(0, u64::MAX);
-                assert_eq!(fs.mapping.nr_folios(), 0, "every folio was clean");
-            }
-            Step::Verify => verify_contents(&fs, model),
-            Step::Fsync { pos, len } => {
-                let file = fs.open();
-                file.fsync(&fs.wb, pos, pos + len, false).unwrap();
-                check_device_range(&fs, model, pos, pos + len);
-            }
-            Step::WritebackRange { pos, len } => {
-                fs.writeback(&mut WritebackControl::integrity(pos, pos + len))
-                    .unwrap();
-            }
-            Step::Background { budget } => {
-                fs.writeback(&mut WritebackControl::background(budget))
-                    .unwrap();
-            }
-            Step::StaleOnce => {
-                let mut once = true;
-                fs.state.lock().on_valid = Some(Box::new(move |_, _| std::mem::take(&mut once)));
-            }
-            Step::Invalidate => {
-                let dirty_before = fs.mapping.dirty_folios(0, u64::MAX);
-                fs.mapping.release_clean(0, u64::MAX);
-                for pos in dirty_before {
-                    assert!(
-                        fs.mapping.find_folio(pos).is_some(),
-                        "dirty folio {pos} was released"
-                    );
-                }
-            }
+    fn init_test(model: &Model) -> Sut {
+        Sut {
+            fs: init_fs(model),
+            expect: Vec::new(),
         }
-        fs
     }
 
-    fn check_invariants(fs: &TestFs, model: &Model) {
-        assert_eq!(fs.mapping.size(), model.data.len() as u64, "file size");
-        for folio in fs.mapping.folios_in(0, u64::MAX) {
-            let s = folio.snapshot();
-            assert!(!folio.is_locked(), "folio {} left locked", s.pos);
-            assert_eq!(folio.read_bytes_pending(), 0);
-            for (i, (&d, &u)) in s.dirty_blocks.iter().zip(&s.uptodate_blocks).enumerate() {
-                assert!(!d || u, "folio {} block {i} dirty but not uptodate", s.pos);
-            }
+    fn apply(mut sut: Sut, model: &Model, step: Step) -> Sut {
+        apply_step(&sut.fs, model, step);
+        sut.expect.clone_from(&model.data);
+        sut
+    }
+
+    fn check_invariants(sut: &Sut, model: &Model) {
+        check_invariants(&sut.fs, model);
+    }
+
+    /// A final sync: everything the model holds is on the device, and reads back.
+    fn teardown(sut: Sut) {
+        let model = Model {
+            block_size: sut.fs.bs as u32,
+            page_size: 0,
+            max_folio: 0,
+            data: sut.expect,
+        };
+        sut.fs.flush_all();
+        check_device(&sut.fs, &model);
+        verify_contents(&sut.fs, &model);
+    }
+}
+
+fn init_fs(model: &Model) -> TestFs {
+    let config = iomap::CacheConfig {
+        page_size: model.page_size,
+        max_folio_size: model.max_folio,
+    };
+    TestFs::with_config(model.block_size, config, 1 << 20)
+}
+
+fn apply_step(fs: &TestFs, model: &Model, step: Step) {
+    let bs = fs.bs;
+    match step {
+        Step::Write { pos, len, seed } => {
+            let n = fs.write(pos, &pattern(len as usize, seed)).unwrap();
+            assert_eq!(n, len);
+        }
+        Step::ShortWrite {
+            pos,
+            len,
+            seed,
+            per_call,
+            limit,
+        } => {
+            let data = pattern(len as usize, seed);
+            let mut src = ShortSource::new(&data, per_call, limit);
+            let n = fs.write_from(pos, len, &mut src).unwrap();
+            assert_eq!(n as usize, (len as usize).min(limit));
             assert_eq!(
-                s.dirty,
-                s.dirty_blocks.iter().any(|&d| d),
-                "folio {} dirty flag",
-                s.pos
+                src.consumed(),
+                n as usize,
+                "bytes taken and not written were given back"
             );
         }
+        Step::Read { pos, len } => {
+            let got = fs.read(pos, len as usize).unwrap();
+            let size = model.data.len() as u64;
+            let end = (pos + len).min(size).max(pos.min(size));
+            assert_eq!(
+                got.len() as u64,
+                end - pos.min(size),
+                "read length at {pos}+{len}"
+            );
+            assert!(
+                got == model.data[pos.min(size) as usize..end as usize],
+                "read {pos}+{len}"
+            );
+        }
+        Step::Truncate { size } => fs.truncate(size).unwrap(),
+        Step::ZeroRange { pos, len } => {
+            iomap::zero_range(&fs.mapping, fs, pos, len).unwrap();
+        }
+        Step::Punch { pos, len } => {
+            if len > 0 {
+                fs.punch(pos, len).unwrap()
+            }
+        }
+        Step::Fallocate { pos, len } => {
+            if len > 0 {
+                fs.fallocate_blocks(pos / bs, (pos + len).div_ceil(bs) - pos / bs)
+                    .unwrap();
+            }
+        }
+        Step::Mkwrite { pos, len, seed } => {
+            let size = fs.mapping.size();
+            match iomap::page_mkwrite(&fs.mapping, fs, pos) {
+                Ok(folio) => {
+                    assert!(pos < size);
+                    let n = (len)
+                        .min(size - pos)
+                        .min(folio.pos() + folio.len() as u64 - pos);
+                    let mf = model.min_folio();
+                    let n = n.min(mf - pos % mf);
+                    folio
+                        .write((pos - folio.pos()) as usize, &pattern(n as usize, seed))
+                        .unwrap();
+                }
+                Err(e) => {
+                    assert!(pos >= size, "mkwrite inside the file failed: {e}");
+                    assert_eq!(e.errno(), 14);
+                }
+            }
+        }
+        Step::ShareAll => fs.share_blocks(0, MAX_POS.div_ceil(bs) + 64),
+        Step::Unshare { pos, len } => iomap::file_unshare(&fs.mapping, fs, pos, len).unwrap(),
+        Step::Flush => {
+            fs.flush_all();
+            check_device(&fs, model);
+        }
+        Step::DropCaches => {
+            fs.flush_all();
+            check_device(&fs, model);
+            fs.mapping.release_clean(0, u64::MAX);
+            assert_eq!(fs.mapping.nr_folios(), 0, "every folio was clean");
+        }
+        Step::Verify => verify_contents(&fs, model),
+        Step::Fsync { pos, len } => {
+            let file = fs.open();
+            file.fsync(&fs.wb, pos, pos + len, false).unwrap();
+            check_device_range(&fs, model, pos, pos + len);
+        }
+        Step::WritebackRange { pos, len } => {
+            fs.writeback(&mut WritebackControl::integrity(pos, pos + len))
+                .unwrap();
+        }
+        Step::Background { budget } => {
+            fs.writeback(&mut WritebackControl::background(budget))
+                .unwrap();
+        }
+        Step::StaleOnce => {
+            let mut once = true;
+            fs.state.lock().on_valid = Some(Box::new(move |_, _| std::mem::take(&mut once)));
+        }
+        Step::Invalidate => {
+            let dirty_before = fs.mapping.dirty_folios(0, u64::MAX);
+            fs.mapping.release_clean(0, u64::MAX);
+            for pos in dirty_before {
+                assert!(
+                    fs.mapping.find_folio(pos).is_some(),
+                    "dirty folio {pos} was released"
+                );
+            }
+        }
+    }
+}
+
+fn check_invariants(fs: &TestFs, model: &Model) {
+    assert_eq!(fs.mapping.size(), model.data.len() as u64, "file size");
+    for folio in fs.mapping.folios_in(0, u64::MAX) {
+        let s = folio.snapshot();
+        assert!(!folio.is_locked(), "folio {} left locked", s.pos);
+        assert_eq!(folio.read_bytes_pending(), 0);
+        for (i, (&d, &u)) in s.dirty_blocks.iter().zip(&s.uptodate_blocks).enumerate() {
+            assert!(!d || u, "folio {} block {i} dirty but not uptodate", s.pos);
+        }
+        assert_eq!(
+            s.dirty,
+            s.dirty_blocks.iter().any(|&d| d),
+            "folio {} dirty flag",
+            s.pos
+        );
     }
 }
 
