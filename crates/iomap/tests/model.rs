@@ -365,19 +365,19 @@ fn apply_step(fs: &TestFs, model: &Model, step: Step) {
         Step::Unshare { pos, len } => iomap::file_unshare(&fs.mapping, fs, pos, len).unwrap(),
         Step::Flush => {
             fs.flush_all();
-            check_device(&fs, model);
+            check_device(fs, model);
         }
         Step::DropCaches => {
             fs.flush_all();
-            check_device(&fs, model);
+            check_device(fs, model);
             fs.mapping.release_clean(0, u64::MAX);
             assert_eq!(fs.mapping.nr_folios(), 0, "every folio was clean");
         }
-        Step::Verify => verify_contents(&fs, model),
+        Step::Verify => verify_contents(fs, model),
         Step::Fsync { pos, len } => {
             let file = fs.open();
             file.fsync(&fs.wb, pos, pos + len, false).unwrap();
-            check_device_range(&fs, model, pos, pos + len);
+            check_device_range(fs, model, pos, pos + len);
         }
         Step::WritebackRange { pos, len } => {
             fs.writeback(&mut WritebackControl::integrity(pos, pos + len))
