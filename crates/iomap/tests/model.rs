@@ -464,7 +464,7 @@ fn check_device_range(fs: &TestFs, model: &Model, start: u64, end: u64) {
 
 prop_state_machine! {
     #![proptest_config(ProptestConfig {
-        cases: 96,
+        cases: 256,
         max_shrink_iters: 4096,
         failure_persistence: None,
         .. ProptestConfig::default()
