@@ -39,8 +39,7 @@ use std::time::{Duration, Instant};
 
 use iomap::iomap_dev::{BlockDevice, DevAddr, FileDevice, FileDeviceOptions};
 use iomap::{
-    buffered_read, buffered_write, CacheConfig, Iomap, IomapOps, IomapPair, IterFlags, Mapping,
-    PageCache, SliceSource,
+    buffered_read, buffered_write, CacheConfig, LinearMap, Mapping, PageCache, SliceSource,
 };
 use parking_lot::RwLock;
 use rand::rngs::SmallRng;
@@ -169,23 +168,6 @@ fn create_data_file(path: &Path, size: u64) -> File {
 // ---------------------------------------------------------------------------------------------
 // The two sides
 
-/// The minimal filesystem: one written extent covering the whole file at device address 0.
-struct OneExtentFs {
-    size: u64,
-}
-
-impl IomapOps for OneExtentFs {
-    fn begin(&self, _pos: u64, _len: u64, _flags: IterFlags) -> iomap::Result<IomapPair> {
-        Ok(Iomap::mapped(0, self.size, DevAddr(0))
-            .with_cookie(0)
-            .into())
-    }
-
-    fn valid(&self, _iomap: &Iomap) -> bool {
-        true
-    }
-}
-
 /// What a workload does to a file: positional reads and writes of whole buffers.
 trait Side: Sync {
     fn name(&self) -> &'static str;
@@ -225,7 +207,7 @@ impl Side for Kernel {
 /// The engine: a cached mapping with a filesystem's inode I/O lock around each call.
 struct Engine {
     mapping: Mapping,
-    fs: OneExtentFs,
+    fs: LinearMap,
     iolock: RwLock<()>,
 }
 
@@ -535,7 +517,7 @@ fn setup(cfg: &Config) -> (Engine, Kernel, PathBuf, PathBuf) {
     mapping.set_size(cfg.size);
     let engine = Engine {
         mapping,
-        fs: OneExtentFs { size: cfg.size },
+        fs: LinearMap::new(DevAddr(0), cfg.size),
         iolock: RwLock::new(()),
     };
     let t = Instant::now();

@@ -60,9 +60,8 @@ use iomap::iomap_dev::{
     BlockDevice, BlockDeviceExt, DevAddr, FileDevice, FileDeviceOptions, IoBuf, LogDevice, Op,
 };
 use iomap::{
-    buffered_read, buffered_write, write_and_wait_range, CacheConfig, FolioGuard, Iomap, IomapOps,
-    IomapPair, IterFlags, Mapping, PageCache, SliceSource, StatsSnapshot, WritebackCtx,
-    WritebackOps,
+    buffered_read, buffered_write, write_and_wait_range, CacheConfig, LinearMap, Mapping,
+    PageCache, SliceSource, StatsSnapshot, WritebackOps,
 };
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -278,45 +277,9 @@ fn check_blocks(
 // ---------------------------------------------------------------------------------------------
 // The engine side
 
-/// The minimal filesystem: one written extent over the whole file at device address 0, for
-/// buffered I/O and for writeback.
-struct OneExtentFs {
-    size: u64,
-}
-
-impl OneExtentFs {
-    fn extent(&self) -> Iomap {
-        Iomap::mapped(0, self.size, DevAddr(0))
-    }
-}
-
-impl IomapOps for OneExtentFs {
-    fn begin(&self, _pos: u64, _len: u64, _flags: IterFlags) -> iomap::Result<IomapPair> {
-        Ok(self.extent().into())
-    }
-
-    fn valid(&self, _iomap: &Iomap) -> bool {
-        true
-    }
-}
-
-impl WritebackOps for OneExtentFs {
-    fn writeback_range(
-        &self,
-        ctx: &mut WritebackCtx<'_>,
-        folio: &FolioGuard,
-        pos: u64,
-        len: u64,
-        end_pos: u64,
-    ) -> iomap::Result<u64> {
-        ctx.iomap = Some(self.extent());
-        ctx.add_to_ioend(folio, pos, len, end_pos)
-    }
-}
-
 struct Engine {
     mapping: Arc<Mapping>,
-    fs: Arc<OneExtentFs>,
+    fs: Arc<LinearMap>,
     wb: Arc<dyn WritebackOps>,
 }
 
@@ -326,7 +289,7 @@ impl Engine {
         let cache = PageCache::new(CacheConfig::default()).expect("default cache configuration");
         let mapping = Mapping::new(cache, dev, BLOCK as u32).expect("a mapping with 4 KiB blocks");
         mapping.set_size(size);
-        let fs = Arc::new(OneExtentFs { size });
+        let fs = Arc::new(LinearMap::new(DevAddr(0), size));
         let wb: Arc<dyn WritebackOps> = Arc::clone(&fs) as Arc<dyn WritebackOps>;
         Self {
             mapping: Arc::new(mapping),

@@ -11,34 +11,9 @@ use std::time::{Duration, Instant};
 
 use iomap::iomap_dev::{BlockDeviceExt, DevAddr, FileDevice, FileDeviceOptions};
 use iomap::{
-    buffered_read, buffered_write, CacheConfig, FolioGuard, Iomap, IomapOps, IomapPair, IterFlags,
-    Mapping, OpenFile, PageCache, SliceSource, WritebackCtx, WritebackOps,
+    buffered_read, buffered_write, CacheConfig, IomapOps, LinearMap, Mapping, OpenFile, PageCache,
+    SliceSource, WritebackOps,
 };
-
-/// The simplest filesystem: file offset N lives at device offset N.
-struct Linear {
-    capacity: u64,
-}
-
-impl IomapOps for Linear {
-    fn begin(&self, _pos: u64, _len: u64, _flags: IterFlags) -> iomap::Result<IomapPair> {
-        Ok(Iomap::mapped(0, self.capacity, DevAddr(0)).into())
-    }
-}
-
-impl WritebackOps for Linear {
-    fn writeback_range(
-        &self,
-        ctx: &mut WritebackCtx<'_>,
-        folio: &FolioGuard,
-        pos: u64,
-        len: u64,
-        end_pos: u64,
-    ) -> iomap::Result<u64> {
-        ctx.iomap = Some(Iomap::mapped(0, self.capacity, DevAddr(0)));
-        ctx.add_to_ioend(folio, pos, len, end_pos)
-    }
-}
 
 const MIB: u64 = 1 << 20;
 
@@ -65,7 +40,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?);
     let cache = PageCache::new(CacheConfig::default())?;
     let mapping = Arc::new(Mapping::new(Arc::clone(&cache), dev.clone(), 4096)?);
-    let linear = Arc::new(Linear { capacity });
+    // The simplest filesystem: file offset N lives at device offset N.
+    let linear = Arc::new(LinearMap::new(DevAddr(0), capacity));
     let wb: Arc<dyn WritebackOps> = linear.clone();
     let fs: &dyn IomapOps = &*linear;
     let file = OpenFile::open(&mapping);
