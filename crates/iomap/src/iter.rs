@@ -101,7 +101,13 @@ impl<'a> IomapIter<'a> {
             "iomap_iter"
         );
         self.step_pos = self.pos;
-        self.step_len = self.len.min(pair.iomap.end() - self.pos);
+        // A srcmap shorter than the mapping bounds the step too: past its end the old data
+        // lives somewhere else (Linux's iomap_length_trim).
+        let map_end = match &pair.srcmap {
+            Some(src) if src.kind != IomapKind::Hole => pair.iomap.end().min(src.end()),
+            _ => pair.iomap.end(),
+        };
+        self.step_len = self.len.min(map_end - self.pos);
         self.iomap = Some(pair.iomap);
         self.srcmap = pair.srcmap.filter(|s| s.kind != IomapKind::Hole);
         Ok(true)
@@ -206,6 +212,13 @@ fn check_mapping(iomap: &Iomap, pos: u64, align: u64, what: &str) -> Result<()> 
     if iomap.offset % align != 0 || (end % align != 0 && end != u64::MAX) {
         return Err(Error::BadMapping(format!(
             "{what} {iomap:?} is not aligned to the {align}-byte block size"
+        )));
+    }
+    if matches!(iomap.kind, IomapKind::Mapped | IomapKind::Unwritten)
+        && iomap.addr.checked_add(iomap.length).is_none()
+    {
+        return Err(Error::BadMapping(format!(
+            "{what} {iomap:?} runs past the largest device address"
         )));
     }
     if iomap.kind == IomapKind::Inline && iomap.inline_data.is_none() {

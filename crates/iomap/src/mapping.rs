@@ -275,7 +275,7 @@ impl Mapping {
                 let shard = self.shard(r * region).read();
                 out.extend(
                     shard
-                        .range(r * region..(r + 1) * region)
+                        .range(r * region..=(r * region).saturating_add(region - 1))
                         .map(|(_, f)| f)
                         .filter(|f| f.pos() < end && f.end() > start)
                         .cloned(),
@@ -331,6 +331,9 @@ impl Mapping {
 
     /// Offsets of folios under writeback in `[start, end)`, in file order.
     pub fn writeback_folios(&self, start: u64, end: u64) -> Vec<u64> {
+        if start >= end {
+            return Vec::new();
+        }
         self.tags
             .lock()
             .writeback
@@ -370,6 +373,9 @@ impl Mapping {
 
     /// Offsets of dirty folios in `[start, end)`, in file order.
     pub fn dirty_folios(&self, start: u64, end: u64) -> Vec<u64> {
+        if start >= end {
+            return Vec::new();
+        }
         self.tags.lock().dirty.range(start..end).copied().collect()
     }
 

@@ -51,7 +51,13 @@ pub fn buffered_read(
             continue;
         }
         stats.read_misses.add(1);
-        fill(mapping, ops, p, want as u64)?;
+        if let Err(e) = fill(mapping, ops, p, want as u64) {
+            if done == 0 {
+                return Err(e);
+            }
+            // Like Linux's filemap_read: what was read is returned; the error comes next time.
+            break;
+        }
     }
     stats.bytes_read.add(done as u64);
     Ok(done)
@@ -97,27 +103,32 @@ fn uptodate_bytes_from(folio: &Folio, off: usize) -> usize {
 /// Makes the block at `pos` uptodate, reading ahead over up to `len` bytes when nothing is
 /// cached there, and waits for it.
 fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
-    {
+    // An error mapping some later part of a readahead window does not fail this read: only
+    // the block at `pos` has to be read.
+    let started = {
         let _invalidate = mapping.invalidate_lock().read();
         match mapping.find_folio(pos) {
-            None => readahead_locked(mapping, ops, pos, len)?,
+            None => readahead_locked(mapping, ops, pos, len),
             Some(folio) => {
                 let guard = folio.lock();
                 let off = (pos - guard.pos()) as usize;
                 if !guard.is_detached() && !guard.range_uptodate(off, 1) {
-                    read_folios(mapping, ops, vec![guard])?;
+                    read_folios(mapping, ops, vec![guard])
+                } else {
+                    Ok(())
                 }
             }
         }
-    }
+    };
     let Some(folio) = mapping.find_folio(pos) else {
-        return Ok(()); // removed meanwhile: the caller looks again
+        return started; // removed meanwhile: the caller looks again
     };
     folio.wait_unlocked();
     let off = (pos - folio.pos()) as usize;
     if folio.is_detached() || folio.range_uptodate(off, 1) {
         return Ok(());
     }
+    started?;
     Err(Error::from_errno(
         folio.read_error().unwrap_or(libc_errno::EIO),
     ))

@@ -251,7 +251,16 @@ pub fn write_begin(
     let src = it.srcmap();
     if src.kind == IomapKind::Inline {
         if !guard.range_uptodate(off, len) {
-            fill_inline(&guard, off, len, src);
+            // All of the folio the inline mapping covers, not just the write: the folio may be
+            // a single block, which becomes uptodate as a whole.
+            let start = src.offset.max(guard.pos());
+            let end = src.end().min(guard.end());
+            fill_inline(
+                &guard,
+                (start - guard.pos()) as usize,
+                (end - start) as usize,
+                src,
+            );
         }
         return Ok(Some(guard));
     }

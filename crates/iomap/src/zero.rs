@@ -35,11 +35,19 @@ pub fn zero_range(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> 
             // Only folios holding data the device lacks need zeroing; the rest already reads
             // as zeros.
             let end = it.pos() + it.length();
-            for folio in mapping.folios_in(it.pos(), end) {
-                let (from, to) = (folio.pos().max(it.pos()), folio.end().min(end));
-                if !mapping.range_needs_writeback(from, to) {
-                    continue;
-                }
+            let start = it.pos();
+            let targets: Vec<_> = mapping
+                .folios_in(start, end)
+                .into_iter()
+                .filter(|f| mapping.range_needs_writeback(f.pos().max(start), f.end().min(end)))
+                .collect();
+            // Writeback may have converted the extent and cleaned its folios since `begin`;
+            // the cookie tells. If it did, what looked clean is data: remap.
+            if !it.is_valid() {
+                it.mark_stale();
+                return Ok(());
+            }
+            for folio in targets {
                 let from = folio.pos().max(it.pos());
                 if from > it.pos() {
                     it.advance(from - it.pos());

@@ -188,21 +188,30 @@ fn r5_a_read_error_reaches_the_caller_and_leaves_blocks_not_uptodate() {
     fs.fail_reads(d * 1024, (d + 2) * 1024, 121);
     fs.log();
 
-    let err = fs.read(0, 4096).unwrap_err();
+    // What was read comes back as a short read, as Linux's filemap_read returns it; the error
+    // reaches the next read of the failed blocks.
+    assert_eq!(fs.read(0, 4096).unwrap(), vec![1u8; 2048]);
+    let err = fs.read(2048, 2048).unwrap_err();
     assert_eq!(
         err.errno(),
         121,
         "the device's own errno reaches the reader"
     );
-    // Readahead issues two requests; the reader then retries the failed blocks once, alone,
-    // as Linux's filemap_read does before giving up.
+    // Readahead issues two requests; the first reader then retries the failed blocks once,
+    // alone, as Linux's filemap_read does before returning what it has; the second reader
+    // tries them once more and reports the error.
     let d0 = match fs.ext(0) {
         Some(Ext::Mapped { block, .. }) => block,
         other => panic!("{other:?}"),
     };
     assert_eq!(
         TestFs::requests(&fs.log(), Op::Read),
-        [(d0 * 1024, 2048), (d * 1024, 2048), (d * 1024, 2048)]
+        [
+            (d0 * 1024, 2048),
+            (d * 1024, 2048),
+            (d * 1024, 2048),
+            (d * 1024, 2048)
+        ]
     );
     let snap = fs.mapping.find_folio(0).unwrap().snapshot();
     assert_eq!(snap.uptodate_blocks, [true, true, false, false]);

@@ -356,6 +356,7 @@ fn process(mut batch: Vec<Done>) {
             let mergeable = Arc::ptr_eq(&next.mapping, &head.mapping)
                 && Arc::ptr_eq(&next.ops, &head.ops)
                 && next.ioend.offset == head.ioend.end()
+                && !next.ioend.flags.contains(IoendFlags::BOUNDARY)
                 && (next.ioend.flags & !IoendFlags::BOUNDARY)
                     == (head.ioend.flags & !IoendFlags::BOUNDARY)
                 && next.ioend.error.is_some() == head.ioend.error.is_some()

@@ -105,6 +105,11 @@ impl OpenFile {
         end: u64,
         datasync: bool,
     ) -> Result<()> {
+        if start > end {
+            return Err(Error::InvalidArgument(format!(
+                "fsync range starts at {start}, after its end at {end}"
+            )));
+        }
         let _recorded = write_and_wait_range(&self.mapping, ops, start, end);
         let _recorded = flush_device(&self.mapping);
         let committed = ops.commit(datasync);
