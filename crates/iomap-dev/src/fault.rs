@@ -85,7 +85,7 @@ impl<D: BlockDevice> FaultDevice<D> {
     }
 
     fn should_fail(&self, req: &DeviceRequest) -> Option<i32> {
-        let end = req.addr + req.len();
+        let end = DevAddr(req.addr.0.saturating_add(req.len()));
         let mut rules = self.rules.lock();
         let hit = rules.iter_mut().find(|r| {
             r.op == req.op

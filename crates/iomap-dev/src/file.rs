@@ -1,257 +1,190 @@
-//! A device on a regular file (or block device node) using vectored positional I/O.
+//! A device on a regular file or block device, using vectored positional I/O on a small pool of
+//! threads.
+//!
+//! `submit` queues the request and returns; a worker moves the bytes with `preadv`/`pwritev`,
+//! looping over short transfers and retrying `EINTR` and `EAGAIN`, and calls the completion on
+//! its own thread. A flush is `fdatasync`, and a FUA write is a write with `RWF_DSYNC`. With no
+//! workers, requests run on the submitting thread and complete before `submit` returns.
+//!
+//! Requests in flight at the same time may complete in any order, like a real disk's; a flush
+//! covers every write that completed before it was submitted.
 
-use std::fs::{File, OpenOptions};
+use std::collections::VecDeque;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
+use parking_lot::{Condvar, Mutex};
+
+use crate::backing::{Backing, DeviceOptions};
+use crate::iov::LockedIo;
 use crate::request::{check_request, Completion, DeviceRequest, Op};
 use crate::BlockDevice;
 
-/// How to open a [`FileDevice`].
-#[derive(Clone, Debug)]
-pub struct FileDeviceOptions {
-    /// Logical block size to enforce on requests.
-    pub logical_block_size: u32,
-    /// Longest request accepted.
-    pub max_request_bytes: u64,
-    /// Open read-only: writes complete with `PermissionDenied`.
-    pub read_only: bool,
-    /// Open with `O_DIRECT`, bypassing the kernel's page cache: every segment's memory, offset
-    /// and length must then be aligned to the logical block size.
-    pub direct: bool,
-}
-
-impl Default for FileDeviceOptions {
-    fn default() -> Self {
-        Self {
-            logical_block_size: 512,
-            max_request_bytes: 1 << 20,
-            read_only: false,
-            direct: false,
-        }
-    }
-}
-
-/// A block device backed by a file. Requests run on the submitting thread with
-/// `preadv`/`pwritev` (looping over short transfers and retrying `EINTR`) and complete before
-/// `submit` returns; a flush is `fdatasync`.
+/// A block device backed by a file or a block device node.
 pub struct FileDevice {
-    file: File,
-    capacity: u64,
-    opts: FileDeviceOptions,
+    backing: Arc<Backing>,
+    pool: Option<Pool>,
 }
 
-/// The most iovecs one `preadv`/`pwritev` takes (Linux's `IOV_MAX`).
-const IOV_MAX: usize = 1024;
+struct Pool {
+    queue: Arc<Queue>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Jobs {
+    pending: VecDeque<(DeviceRequest, Completion)>,
+    closing: bool,
+}
 
 impl FileDevice {
-    /// Opens `path`; its current length is the capacity, rounded down to the block size.
-    pub fn open(path: &Path, opts: FileDeviceOptions) -> io::Result<Self> {
-        let file = Self::options(&opts)
-            .open(path)
-            .map_err(|e| with_path(e, path, &opts))?;
-        let len = file.metadata()?.len();
-        Self::from_file(file, len, opts)
+    /// Opens `path`, a regular file or a block device; its size is the capacity, rounded down to
+    /// the logical block size.
+    pub fn open(path: &Path, opts: DeviceOptions) -> io::Result<Self> {
+        Self::start(Backing::open(path, &opts, None)?, &opts)
     }
 
-    /// Creates (or truncates) `path` as a sparse file of `capacity` bytes.
-    pub fn create(path: &Path, capacity: u64, opts: FileDeviceOptions) -> io::Result<Self> {
-        let file = Self::options(&opts)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| with_path(e, path, &opts))?;
-        file.set_len(capacity)?;
-        Self::from_file(file, capacity, opts)
+    /// Creates (or truncates) the regular file `path` as a sparse file of `capacity` bytes.
+    pub fn create(path: &Path, capacity: u64, opts: DeviceOptions) -> io::Result<Self> {
+        Self::start(Backing::open(path, &opts, Some(capacity))?, &opts)
     }
 
-    fn options(opts: &FileDeviceOptions) -> OpenOptions {
-        let mut o = OpenOptions::new();
-        o.read(true).write(!opts.read_only);
-        if opts.direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        o
-    }
-
-    fn from_file(file: File, len: u64, opts: FileDeviceOptions) -> io::Result<Self> {
-        let lbs = opts.logical_block_size;
-        if !lbs.is_power_of_two() || !(512..=65536).contains(&lbs) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("logical block size {lbs} is not a power of two in 512..=65536"),
-            ));
-        }
-        if opts.max_request_bytes < u64::from(lbs) || opts.max_request_bytes % u64::from(lbs) != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "maximum request {} is not a multiple of the block size {lbs}",
-                    opts.max_request_bytes
-                ),
-            ));
-        }
-        let capacity = len - len % u64::from(lbs);
-        Ok(Self {
-            file,
-            capacity,
-            opts,
-        })
-    }
-
-    fn execute(&self, req: &DeviceRequest) -> io::Result<()> {
-        check_request(self, req)?;
-        match req.op {
-            Op::Flush => return self.file.sync_data(),
-            Op::Write if self.opts.read_only => {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "write to a device opened read-only",
-                ))
-            }
-            _ => {}
-        }
-        match req.op {
-            Op::Read => {
-                let mut guards: Vec<_> = req.segments.iter().map(|s| s.buf.write()).collect();
-                let mut iov: Vec<libc::iovec> = guards
-                    .iter_mut()
-                    .zip(&req.segments)
-                    .map(|(g, s)| libc::iovec {
-                        iov_base: g[s.offset..s.offset + s.len].as_mut_ptr().cast(),
-                        iov_len: s.len,
-                    })
-                    .collect();
-                self.check_direct(&iov)?;
-                self.transfer(&mut iov, req.addr.0, Op::Read)?;
-            }
-            Op::Write => {
-                let guards: Vec<_> = req.segments.iter().map(|s| s.buf.read()).collect();
-                let mut iov: Vec<libc::iovec> = guards
-                    .iter()
-                    .zip(&req.segments)
-                    .map(|(g, s)| libc::iovec {
-                        // Never written through: pwritev only reads from it.
-                        iov_base: g[s.offset..s.offset + s.len].as_ptr().cast_mut().cast(),
-                        iov_len: s.len,
-                    })
-                    .collect();
-                self.check_direct(&iov)?;
-                self.transfer(&mut iov, req.addr.0, Op::Write)?;
-            }
-            Op::Flush => {}
-        }
-        if req.fua && req.op == Op::Write {
-            self.file.sync_data()?;
-        }
-        Ok(())
-    }
-
-    /// With O_DIRECT, every segment's memory must be aligned to the logical block size.
-    fn check_direct(&self, iov: &[libc::iovec]) -> io::Result<()> {
-        if !self.opts.direct {
-            return Ok(());
-        }
-        let lbs = self.opts.logical_block_size as usize;
-        match iov
-            .iter()
-            .find(|v| v.iov_base as usize % lbs != 0 || v.iov_len % lbs != 0)
-        {
-            Some(v) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "O_DIRECT needs memory aligned to {lbs} bytes: segment at {:p}, {} bytes",
-                    v.iov_base, v.iov_len
-                ),
-            )),
-            None => Ok(()),
-        }
-    }
-
-    /// Moves every byte described by `iov` at file offset `pos`, looping over short transfers.
-    /// The iovecs point into buffers whose locks the caller holds for the whole call.
-    fn transfer(&self, mut iov: &mut [libc::iovec], mut pos: u64, op: Op) -> io::Result<()> {
-        while !iov.is_empty() {
-            let n = iov.len().min(IOV_MAX);
-            let offset = libc::off_t::try_from(pos)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-            let done = match op {
-                // SAFETY: each iovec points into a buffer this thread holds the write lock of
-                // (taken in `execute` and held across the call), for exactly `iov_len` bytes;
-                // `n` does not exceed the slice.
-                Op::Read => unsafe {
-                    libc::preadv(
-                        self.file.as_raw_fd(),
-                        iov.as_ptr(),
-                        n as libc::c_int,
-                        offset,
-                    )
-                },
-                // SAFETY: as above, with read locks; pwritev only reads the memory.
-                _ => unsafe {
-                    libc::pwritev(
-                        self.file.as_raw_fd(),
-                        iov.as_ptr(),
-                        n as libc::c_int,
-                        offset,
-                    )
-                },
-            };
-            if done < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
-                    _ => return Err(err),
-                }
-            }
-            if done == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{op:?} at {pos} reached the end of the backing file"),
-                ));
-            }
-            let mut done = done as usize;
-            pos += done as u64;
-            while let Some(first) = iov.first_mut() {
-                if done < first.iov_len {
-                    // SAFETY: advancing within the same buffer by fewer bytes than its length.
-                    first.iov_base = unsafe { first.iov_base.cast::<u8>().add(done).cast() };
-                    first.iov_len -= done;
-                    break;
-                }
-                done -= first.iov_len;
-                iov = &mut iov[1..];
-            }
-        }
-        Ok(())
+    fn start(backing: Backing, opts: &DeviceOptions) -> io::Result<Self> {
+        let backing = Arc::new(backing);
+        let pool = if opts.workers == 0 {
+            None
+        } else {
+            let queue = Arc::new(Queue::default());
+            let workers = (0..opts.workers)
+                .map(|i| {
+                    let queue = Arc::clone(&queue);
+                    let backing = Arc::clone(&backing);
+                    std::thread::Builder::new()
+                        .name(format!("file-dev-{i}"))
+                        .spawn(move || worker(&queue, &backing))
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            Some(Pool { queue, workers })
+        };
+        Ok(Self { backing, pool })
     }
 }
 
-fn with_path(e: io::Error, path: &Path, opts: &FileDeviceOptions) -> io::Error {
-    let what = if opts.direct && e.raw_os_error() == Some(libc::EINVAL) {
-        "the file system does not support O_DIRECT"
-    } else {
-        "cannot open device file"
-    };
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+fn worker(queue: &Queue, backing: &Backing) {
+    loop {
+        let (req, done) = {
+            let mut jobs = queue.jobs.lock();
+            loop {
+                if let Some(job) = jobs.pending.pop_front() {
+                    break job;
+                }
+                if jobs.closing {
+                    return;
+                }
+                queue.ready.wait(&mut jobs);
+            }
+        };
+        let res = execute(backing, &req);
+        drop(req);
+        done(res);
+    }
+}
+
+fn execute(backing: &Backing, req: &DeviceRequest) -> io::Result<()> {
+    match req.op {
+        Op::Flush => return backing.file.sync_data(),
+        Op::Write if backing.read_only => return Err(Backing::read_only_error()),
+        _ => {}
+    }
+    let mut io = LockedIo::lock(req);
+    if backing.mem_align > 1 {
+        io.check_direct(backing.mem_align, backing.logical_block_size)?;
+    }
+    let flags = if req.fua { libc::RWF_DSYNC } else { 0 };
+    transfer(backing, &mut io, req.op, flags)
+}
+
+/// Moves every byte `io` describes, looping over short transfers.
+fn transfer(backing: &Backing, io: &mut LockedIo, op: Op, flags: libc::c_int) -> io::Result<()> {
+    while io.remaining > 0 {
+        let (iov, n) = io.pending();
+        let offset = libc::off_t::try_from(io.pos)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
+        let fd = backing.file.as_raw_fd();
+        let done = if op == Op::Read {
+            // SAFETY: `iov` holds `n` iovecs into buffers whose write locks `io` holds, each
+            // valid for its `iov_len` bytes, for the whole call.
+            unsafe { libc::preadv2(fd, iov, n as libc::c_int, offset, flags) }
+        } else {
+            // SAFETY: as above, with read locks; pwritev2 only reads the memory.
+            unsafe { libc::pwritev2(fd, iov, n as libc::c_int, offset, flags) }
+        };
+        if done < 0 {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
+                _ => return Err(err),
+            }
+        }
+        if done == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{op:?} at {} reached the end of the backing file", io.pos),
+            ));
+        }
+        io.advance(done as usize);
+    }
+    Ok(())
+}
+
+impl Drop for FileDevice {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.queue.jobs.lock().closing = true;
+            pool.queue.ready.notify_all();
+            for w in pool.workers {
+                // A worker that panicked has already reported it; nothing more to do here.
+                let _ = w.join();
+            }
+        }
+    }
 }
 
 impl BlockDevice for FileDevice {
     fn capacity_bytes(&self) -> u64 {
-        self.capacity
+        self.backing.capacity
     }
     fn logical_block_size(&self) -> u32 {
-        self.opts.logical_block_size
+        self.backing.logical_block_size
     }
     fn max_request_bytes(&self) -> u64 {
-        self.opts.max_request_bytes
+        self.backing.max_request_bytes
     }
     fn submit(&self, req: DeviceRequest, done: Completion) {
-        let res = self.execute(&req);
-        drop(req);
-        done(res)
+        if let Err(e) = check_request(self, &req) {
+            drop(req);
+            return done(Err(e));
+        }
+        match &self.pool {
+            Some(pool) => {
+                pool.queue.jobs.lock().pending.push_back((req, done));
+                pool.queue.ready.notify_one();
+            }
+            None => {
+                let res = execute(&self.backing, &req);
+                drop(req);
+                done(res)
+            }
+        }
     }
 }
 
@@ -272,7 +205,7 @@ mod tests {
     #[test]
     fn vectored_requests_scatter_and_gather_in_order() {
         let path = tmp("vectored");
-        let dev = FileDevice::create(&path, 1 << 20, FileDeviceOptions::default()).unwrap();
+        let dev = FileDevice::create(&path, 1 << 20, DeviceOptions::default()).unwrap();
         let bufs: Vec<_> = (0..3u8)
             .map(|i| {
                 let mut b = IoBuf::zeroed(4096);
@@ -308,9 +241,9 @@ mod tests {
     #[test]
     fn direct_io_rejects_misaligned_memory_with_a_reason() {
         let path = tmp("direct");
-        let opts = FileDeviceOptions {
+        let opts = DeviceOptions {
             direct: true,
-            ..FileDeviceOptions::default()
+            ..DeviceOptions::default()
         };
         let dev = match FileDevice::create(&path, 1 << 20, opts) {
             Ok(dev) => dev,

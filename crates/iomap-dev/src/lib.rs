@@ -13,21 +13,28 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod backing;
 mod buf;
 mod fault;
 mod file;
+mod iov;
 mod log;
 mod mem;
 mod request;
+mod select;
 mod sync;
+mod uring;
 
+pub use backing::DeviceOptions;
 pub use buf::{BufRange, IoBuf, SharedBuf, IO_BUF_ALIGN};
 pub use fault::{FaultDevice, FaultRule};
-pub use file::{FileDevice, FileDeviceOptions};
+pub use file::FileDevice;
 pub use log::{LogDevice, LoggedRequest};
 pub use mem::MemDevice;
 pub use request::{check_request, Completion, DevAddr, DeviceRequest, Op};
+pub use select::{open_device, DeviceKind};
 pub use sync::BlockDeviceExt;
+pub use uring::UringDevice;
 
 /// A block device: the contract every device of this crate keeps.
 pub trait BlockDevice: Send + Sync {

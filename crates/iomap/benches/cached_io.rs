@@ -37,7 +37,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use iomap::iomap_dev::{BlockDevice, DevAddr, FileDevice, FileDeviceOptions};
+use iomap::iomap_dev::{BlockDevice, DevAddr, DeviceOptions, FileDevice};
 use iomap::{
     buffered_read, buffered_write, CacheConfig, LinearMap, Mapping, PageCache, SliceSource,
 };
@@ -508,7 +508,7 @@ fn setup(cfg: &Config) -> (Engine, Kernel, PathBuf, PathBuf) {
 
     // Engine side: a cache with the default configuration, 4 KiB blocks, on a file device.
     let dev: Arc<dyn BlockDevice> = Arc::new(
-        FileDevice::open(&engine_path, FileDeviceOptions::default())
+        FileDevice::open(&engine_path, DeviceOptions::default())
             .expect("open the engine's device file"),
     );
     assert_eq!(dev.capacity_bytes(), cfg.size);

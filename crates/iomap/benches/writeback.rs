@@ -57,7 +57,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use iomap::iomap_dev::{
-    BlockDevice, BlockDeviceExt, DevAddr, FileDevice, FileDeviceOptions, IoBuf, LogDevice, Op,
+    BlockDevice, BlockDeviceExt, DevAddr, DeviceOptions, FileDevice, IoBuf, LogDevice, Op,
 };
 use iomap::{
     buffered_read, buffered_write, write_and_wait_range, CacheConfig, LinearMap, Mapping,
@@ -206,12 +206,12 @@ fn open_direct(path: &Path, create: bool) -> io::Result<File> {
 }
 
 /// The device options both parts use.
-fn device_options() -> FileDeviceOptions {
-    FileDeviceOptions {
+fn device_options() -> DeviceOptions {
+    DeviceOptions {
         direct: true,
-        logical_block_size: BLOCK as u32,
+        logical_block_size: Some(BLOCK as u32),
         max_request_bytes: MAX_REQUEST,
-        ..FileDeviceOptions::default()
+        ..DeviceOptions::default()
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iomap::iomap_dev::{BlockDeviceExt, DevAddr, FileDevice, FileDeviceOptions};
+use iomap::iomap_dev::{BlockDeviceExt, DevAddr, DeviceOptions, FileDevice};
 use iomap::{
     buffered_read, buffered_write, CacheConfig, IomapOps, LinearMap, Mapping, OpenFile, PageCache,
     SliceSource, WritebackOps,
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let dev = Arc::new(FileDevice::create(
         &image,
         capacity,
-        FileDeviceOptions::default(),
+        DeviceOptions::default(),
     )?);
     let cache = PageCache::new(CacheConfig::default())?;
     let mapping = Arc::new(Mapping::new(Arc::clone(&cache), dev.clone(), 4096)?);
