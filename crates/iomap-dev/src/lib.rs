@@ -22,7 +22,7 @@ mod request;
 mod sync;
 
 pub use buf::{BufRange, IoBuf, SharedBuf, IO_BUF_ALIGN};
-pub use fault::{FaultDevice, FaultRule};
+pub use fault::{FaultDevice, FaultKind, FaultRule, InjectedFault};
 pub use file::{FileDevice, FileDeviceOptions};
 pub use log::{LogDevice, LoggedRequest};
 pub use mem::MemDevice;
