@@ -27,7 +27,7 @@ mod uring;
 
 pub use backing::DeviceOptions;
 pub use buf::{BufRange, IoBuf, SharedBuf, IO_BUF_ALIGN};
-pub use fault::{FaultDevice, FaultRule};
+pub use fault::{FaultDevice, FaultKind, FaultRule, InjectedFault};
 pub use file::FileDevice;
 pub use log::{LogDevice, LoggedRequest};
 pub use mem::MemDevice;
