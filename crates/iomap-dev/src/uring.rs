@@ -383,3 +383,23 @@ impl BlockDevice for UringDevice {
         shared.flush_submissions();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_ring_says_why_and_what_works_instead() {
+        for (errno, why) in [
+            (libc::ENOSYS, "no io_uring"),
+            (libc::EPERM, "io_uring_disabled"),
+            (libc::ENOMEM, "RLIMIT_MEMLOCK"),
+        ] {
+            let err = unavailable(io::Error::from_raw_os_error(errno));
+            let msg = err.to_string();
+            assert!(msg.contains(why), "{msg}");
+            assert!(msg.contains("file device works"), "{msg}");
+            assert_eq!(err.kind(), io::Error::from_raw_os_error(errno).kind());
+        }
+    }
+}
