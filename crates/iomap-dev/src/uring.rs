@@ -1,63 +1,58 @@
 //! A device on a regular file or block device driven through one io_uring.
 //!
-//! Submitters on any thread lock their request's buffers, take a slot (at most `queue_depth`
-//! requests are in flight; the ring has room for all of them, so pushing never fails), push one
-//! entry and enter the kernel. Entering is batched: whoever holds the submit lock submits every
-//! entry pushed so far, and a submitter that finds it taken leaves its entry to that holder.
-//! One completion thread waits for completions, resubmits the rest of a short or interrupted
-//! transfer, and calls each request's completion. Completions that submit more requests (a
-//! read-ahead chain, a benchmark loop) are queued and pushed by the completion thread itself
-//! on its next turn, without a system call of their own and without ever waiting for a slot
-//! that only the completion thread can free.
+//! One ring thread owns the ring and is its only issuer, which lets the kernel defer completion
+//! work to the moments that thread asks for events (`SINGLE_ISSUER | DEFER_TASKRUN`, as fio sets
+//! up its rings) instead of interrupting it for each one. Submitters on any thread queue their
+//! request and, only if the ring thread is asleep in the kernel, wake it through an eventfd whose
+//! read it keeps armed in the ring. The ring thread takes every queued request at once (up to
+//! `queue_depth` in flight), locks its buffers, pushes the entries and enters the kernel once to
+//! submit them all and wait: submissions from many threads are batched into one system call.
+//! It resubmits the rest of a short or interrupted transfer and calls each request's
+//! completion; a completion that submits more requests (a read-ahead chain, a journal commit)
+//! just queues them for the next turn, with no system call and no wake-up.
 //!
 //! A flush is `IORING_OP_FSYNC` with `DATASYNC`; a FUA write carries `RWF_DSYNC`.
 //!
-//! Lock order: buffer locks (taken in request order), then the slot count, then the submission
-//! queue, then the submit lock. Completions run with none of them held.
+//! Lock order: the queue's lock is never held while locking buffers or calling completions.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use io_uring::{opcode, types, IoUring};
-use parking_lot::{Condvar, Mutex};
+use io_uring::{opcode, squeue, types, IoUring};
+use parking_lot::Mutex;
 
 use crate::backing::{Backing, DeviceOptions};
 use crate::iov::LockedIo;
 use crate::request::{check_request, Completion, DeviceRequest, Op};
 use crate::BlockDevice;
 
-/// The `user_data` of the no-op that tells the completion thread to stop.
-const SHUTDOWN: u64 = u64::MAX;
+/// The `user_data` of the armed eventfd read that wakes the ring thread.
+const WAKE: u64 = u64::MAX;
 
-thread_local! {
-    /// On a device's completion thread, the address of that device's shared state.
-    static COMPLETION_THREAD_OF: Cell<usize> = const { Cell::new(0) };
-}
+/// `IORING_ENTER_GETEVENTS`: run deferred completion work and wait for `min_complete` events.
+const ENTER_GETEVENTS: u32 = 1;
 
 /// A block device driven through io_uring.
 pub struct UringDevice {
     shared: Arc<Shared>,
-    reaper: Option<JoinHandle<()>>,
+    ring_thread: Option<JoinHandle<()>>,
 }
 
+/// What submitters share with the ring thread.
 struct Shared {
-    ring: IoUring,
     backing: Backing,
-    /// Producers of the submission queue take this to push.
-    sq: Mutex<()>,
-    /// Whoever holds this enters the kernel to submit.
-    submit: Mutex<()>,
-    /// Requests in flight, at most `depth`.
-    inflight: Mutex<u32>,
-    slot_freed: Condvar,
-    depth: u32,
-    /// Requests submitted from completions, pushed by the completion thread.
-    deferred: Mutex<VecDeque<(DeviceRequest, Completion)>>,
+    /// Requests waiting for the ring thread.
+    queue: Mutex<VecDeque<(DeviceRequest, Completion)>>,
+    /// The ring thread is (about to be) asleep in the kernel: a submitter must wake it.
+    sleeping: AtomicBool,
+    /// Writing to it completes the ring thread's armed read and so wakes it.
+    wake_fd: OwnedFd,
+    closing: AtomicBool,
 }
 
 /// One request in flight: owned by the kernel (as `user_data`) from push to completion.
@@ -86,31 +81,70 @@ impl UringDevice {
 
     fn start(backing: Backing, opts: &DeviceOptions) -> io::Result<Self> {
         let depth = opts.queue_depth.clamp(1, 4096);
-        // Room for every request in flight plus the shutdown no-op; completions never overflow.
-        let ring = IoUring::builder()
-            .setup_cqsize(2 * (depth + 1))
-            .build(depth + 1)
-            .map_err(unavailable)?;
+        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let wake_fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let shared = Arc::new(Shared {
-            ring,
             backing,
-            sq: Mutex::new(()),
-            submit: Mutex::new(()),
-            inflight: Mutex::new(0),
-            slot_freed: Condvar::new(),
-            depth,
-            deferred: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(VecDeque::new()),
+            sleeping: AtomicBool::new(false),
+            wake_fd,
+            closing: AtomicBool::new(false),
         });
-        let reaper = {
+        // The ring is made on its thread: with SINGLE_ISSUER the creator is the only task
+        // allowed to submit.
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let ring_thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("uring-dev".into())
-                .spawn(move || shared.reap())?
+                .spawn(move || match new_ring(depth) {
+                    Ok(ring) => {
+                        // The receiver waits for exactly this message.
+                        let _ = ready_tx.send(Ok(()));
+                        RingThread::new(&shared, ring, depth).run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                })?
         };
+        let ready = ready_rx.recv().unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "the io_uring thread stopped while starting",
+            ))
+        });
+        if let Err(e) = ready {
+            // The thread has returned or is about to.
+            let _ = ring_thread.join();
+            return Err(unavailable(e));
+        }
         Ok(Self {
             shared,
-            reaper: Some(reaper),
+            ring_thread: Some(ring_thread),
         })
+    }
+}
+
+/// A ring with room for every request in flight plus the wake-up read. Deferred completion
+/// work needs Linux 6.1; older kernels get a plain ring.
+fn new_ring(depth: u32) -> io::Result<IoUring> {
+    let entries = depth + 1;
+    let deferred = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_cqsize(2 * entries)
+        .build(entries);
+    match deferred {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            IoUring::builder().setup_cqsize(2 * entries).build(entries)
+        }
+        other => other,
     }
 }
 
@@ -132,60 +166,163 @@ fn unavailable(e: io::Error) -> io::Error {
 }
 
 impl Shared {
-    /// Waits for a free slot. Never called on the completion thread.
-    fn take_slot(&self) {
-        let mut n = self.inflight.lock();
-        while *n >= self.depth {
-            self.slot_freed.wait(&mut n);
+    /// Wakes the ring thread from its wait in the kernel.
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to an eventfd we own. It can only fail if
+        // the counter would overflow, and then the ring thread has a wake-up pending anyway.
+        unsafe { libc::write(self.wake_fd.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+    }
+}
+
+/// The state only the ring thread touches.
+struct RingThread<'a> {
+    shared: &'a Shared,
+    ring: IoUring,
+    depth: u32,
+    inflight: u32,
+    /// Where the armed eventfd read puts the counter. Boxed: its address is in the ring.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    fd: RawFd,
+}
+
+impl<'a> RingThread<'a> {
+    fn new(shared: &'a Shared, ring: IoUring, depth: u32) -> Self {
+        Self {
+            fd: shared.backing.file.as_raw_fd(),
+            shared,
+            ring,
+            depth,
+            inflight: 0,
+            wake_buf: Box::new(0),
+            wake_armed: false,
         }
-        *n += 1;
     }
 
-    /// Takes a slot if one is free without waiting.
-    fn try_take_slot(&self) -> bool {
-        let mut n = self.inflight.lock();
-        if *n >= self.depth {
-            return false;
+    fn run(mut self) {
+        let mut batch: Vec<(u64, i32)> = Vec::with_capacity(2 * (self.depth as usize + 1));
+        let mut jobs = Vec::with_capacity(self.depth as usize);
+        loop {
+            let closing = self.shared.closing.load(Ordering::Acquire);
+            if !self.wake_armed && !closing {
+                self.arm_wake();
+            }
+            // Take what fits; the rest waits in the queue.
+            {
+                let mut queue = self.shared.queue.lock();
+                let room = (self.depth - self.inflight) as usize;
+                let n = room.min(queue.len());
+                jobs.extend(queue.drain(..n));
+            }
+            for (req, done) in jobs.drain(..) {
+                self.start_request(req, done);
+            }
+            if closing
+                && self.inflight == 0
+                && !self.wake_armed
+                && self.shared.queue.lock().is_empty()
+            {
+                return;
+            }
+            // Sleep only when nothing more can be pushed; a submitter that queues after this
+            // store sees it and wakes us.
+            self.shared.sleeping.store(true, Ordering::SeqCst);
+            let more = self.inflight < self.depth && !self.shared.queue.lock().is_empty();
+            let want = u32::from(!more);
+            self.enter(want);
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for (user_data, res) in batch.drain(..) {
+                if user_data == WAKE {
+                    self.wake_armed = false;
+                    if res < 0 && res != -libc::ECANCELED {
+                        tracing::warn!("io_uring wake-up read failed: errno {}", -res);
+                    }
+                    continue;
+                }
+                // SAFETY: every other `user_data` is a `Box<Inflight>` leaked by `push`, whose
+                // entry has now completed, so the kernel no longer uses it or its iovecs.
+                let inflight = unsafe { Box::from_raw(user_data as *mut Inflight) };
+                self.complete(inflight, res);
+            }
         }
-        *n += 1;
-        true
     }
 
-    fn release_slot(&self) {
-        let mut n = self.inflight.lock();
-        *n -= 1;
-        drop(n);
-        self.slot_freed.notify_all();
+    /// Submits everything pushed and, with `want` 1, waits for a completion.
+    fn enter(&mut self, want: u32) {
+        let to_submit = self.ring.submission().len() as u32;
+        // SAFETY: no argument structure is passed; flags and counts are plain integers.
+        let res = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(to_submit, want, ENTER_GETEVENTS, None)
+        };
+        match res {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                tracing::error!("io_uring enter failed: {e}");
+                std::thread::yield_now();
+            }
+        }
     }
 
-    /// Turns a checked request holding a slot into a ring entry and pushes it; a request that
-    /// fails before reaching the ring gives its slot back and completes here.
-    fn start_request(&self, req: DeviceRequest, done: Completion) {
+    fn arm_wake(&mut self) {
+        let read = opcode::Read::new(
+            types::Fd(self.shared.wake_fd.as_raw_fd()),
+            std::ptr::from_mut(&mut *self.wake_buf).cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE);
+        // SAFETY: `wake_buf` is boxed and lives as long as `self`, which outlives the read: the
+        // thread returns only after the read has completed (`wake_armed` false).
+        self.push_entry(&read);
+        self.wake_armed = true;
+    }
+
+    fn push_entry(&mut self, entry: &squeue::Entry) {
+        let mut sq = self.ring.submission();
+        // SAFETY: the caller keeps everything the entry points to alive until it completes.
+        let pushed = unsafe { sq.push(entry) };
+        debug_assert!(
+            pushed.is_ok(),
+            "the ring has an entry for every request in flight"
+        );
+        sq.sync();
+    }
+
+    /// Locks a request's buffers and pushes its entry; a request that fails before reaching
+    /// the ring completes here.
+    fn start_request(&mut self, req: DeviceRequest, done: Completion) {
         let op = req.op;
         let io = match op {
             Op::Flush => None,
             _ => {
                 let io = LockedIo::lock(&req);
-                if self.backing.mem_align > 1 {
-                    if let Err(e) =
-                        io.check_direct(self.backing.mem_align, self.backing.logical_block_size)
-                    {
+                let b = &self.shared.backing;
+                if b.mem_align > 1 {
+                    if let Err(e) = io.check_direct(b.mem_align, b.logical_block_size) {
                         drop(io);
                         drop(req);
-                        self.release_slot();
                         return done(Err(e));
                     }
                 }
                 Some(io)
             }
         };
+        self.inflight += 1;
         self.push(Box::new(Inflight { op, req, io, done }));
     }
 
-    /// Pushes the entry for what is left of `inflight`. The caller holds its slot, and the
-    /// ring has an entry for every slot.
-    fn push(&self, inflight: Box<Inflight>) {
-        let fd = types::Fd(self.backing.file.as_raw_fd());
+    /// Pushes the entry for what is left of `inflight`.
+    fn push(&mut self, inflight: Box<Inflight>) {
+        let fd = types::Fd(self.fd);
         let entry = match (&inflight.op, &inflight.io) {
             (Op::Read, Some(io)) => {
                 let (iov, n) = io.pending();
@@ -203,81 +340,15 @@ impl Shared {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         };
+        // The iovecs and the buffers they point into belong to the boxed `Inflight` named by
+        // `user_data`, reclaimed only when the kernel posts this entry's completion; the
+        // buffers' locks are held until then.
         let entry = entry.user_data(Box::into_raw(inflight) as u64);
-        let _sq = self.sq.lock();
-        // SAFETY: `sq` serialises every producer, so this is the only `SubmissionQueue` alive.
-        let mut sq = unsafe { self.ring.submission_shared() };
-        // SAFETY: the iovecs and the buffers they point into belong to the boxed `Inflight`
-        // named by `user_data`, which the completion thread reclaims only after the kernel has
-        // posted this entry's completion; the buffers' locks are held until then.
-        let pushed = unsafe { sq.push(&entry) };
-        debug_assert!(pushed.is_ok(), "a slot without a ring entry");
-        sq.sync();
-    }
-
-    /// Enters the kernel until nothing pushed is left unsubmitted, unless another thread is
-    /// already doing so, in which case it submits ours too.
-    fn flush_submissions(&self) {
-        while let Some(_g) = self.submit.try_lock() {
-            loop {
-                match self.ring.submitter().submit() {
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    // EAGAIN/EBUSY: the kernel is short of resources; the completion
-                    // thread's next enter submits what is left.
-                    _ => break,
-                }
-            }
-            drop(_g);
-            let _sq = self.sq.lock();
-            // SAFETY: as in `push`; only looks at the queue's length.
-            if unsafe { self.ring.submission_shared() }.is_empty() {
-                return;
-            }
-        }
-    }
-
-    /// The completion thread.
-    fn reap(&self) {
-        COMPLETION_THREAD_OF.with(|c| c.set(std::ptr::from_ref(self) as usize));
-        let mut batch: Vec<(u64, i32)> = Vec::with_capacity(self.depth as usize + 1);
-        loop {
-            self.push_deferred();
-            match self.ring.submitter().submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) => {}
-                Err(e) => {
-                    tracing::error!("io_uring wait failed: {e}");
-                    std::thread::yield_now();
-                }
-            }
-            {
-                // SAFETY: only this thread ever borrows the completion queue.
-                let cq = unsafe { self.ring.completion_shared() };
-                batch.extend(cq.map(|c| (c.user_data(), c.result())));
-            }
-            let mut stop = false;
-            for (user_data, res) in batch.drain(..) {
-                if user_data == SHUTDOWN {
-                    stop = true;
-                    continue;
-                }
-                // SAFETY: every other `user_data` is a `Box<Inflight>` leaked by `push`, whose
-                // entry has now completed, so the kernel no longer uses it or its iovecs.
-                let inflight = unsafe { Box::from_raw(user_data as *mut Inflight) };
-                self.complete(inflight, res);
-            }
-            if stop {
-                return;
-            }
-        }
+        self.push_entry(&entry);
     }
 
     /// Handles one completion: resubmits the rest of a short transfer, or finishes.
-    fn complete(&self, mut inflight: Box<Inflight>, res: i32) {
+    fn complete(&mut self, mut inflight: Box<Inflight>, res: i32) {
         let outcome = if res == -libc::EINTR || res == -libc::EAGAIN {
             None
         } else if res < 0 {
@@ -304,23 +375,8 @@ impl Shared {
                 let Inflight { req, io, done, .. } = *inflight;
                 drop(io);
                 drop(req);
-                self.release_slot();
+                self.inflight -= 1;
                 done(res);
-            }
-        }
-    }
-
-    /// Pushes requests that completions submitted, as far as slots allow.
-    fn push_deferred(&self) {
-        // Never holds the queue's lock while taking a slot: `Drop` takes them the other way.
-        while !self.deferred.lock().is_empty() && self.try_take_slot() {
-            let job = self.deferred.lock().pop_front();
-            match job {
-                Some((req, done)) => self.start_request(req, done),
-                None => {
-                    self.release_slot();
-                    return;
-                }
             }
         }
     }
@@ -328,27 +384,13 @@ impl Shared {
 
 impl Drop for UringDevice {
     fn drop(&mut self) {
-        let shared = &self.shared;
-        // Every request in flight holds buffers the kernel may still write: wait them out.
-        {
-            let mut n = shared.inflight.lock();
-            while *n > 0 || !shared.deferred.lock().is_empty() {
-                shared.slot_freed.wait(&mut n);
-            }
-        }
-        {
-            let _sq = shared.sq.lock();
-            // SAFETY: as in `push`.
-            let mut sq = unsafe { shared.ring.submission_shared() };
-            let nop = opcode::Nop::new().build().user_data(SHUTDOWN);
-            // SAFETY: a no-op references no memory.
-            let _ = unsafe { sq.push(&nop) };
-            sq.sync();
-        }
-        shared.flush_submissions();
-        if let Some(reaper) = self.reaper.take() {
+        // The ring thread finishes every queued and in-flight request (their buffers may still
+        // be written by the kernel) and its own wake-up read, then returns.
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.wake();
+        if let Some(t) = self.ring_thread.take() {
             // A completion that panicked has already reported it.
-            let _ = reaper.join();
+            let _ = t.join();
         }
     }
 }
@@ -373,14 +415,10 @@ impl BlockDevice for UringDevice {
             drop(req);
             return done(Err(Backing::read_only_error()));
         }
-        if COMPLETION_THREAD_OF.with(Cell::get) == Arc::as_ptr(shared) as usize {
-            // Waiting for a slot here would wait on ourselves; the loop pushes it next turn.
-            shared.deferred.lock().push_back((req, done));
-            return;
+        shared.queue.lock().push_back((req, done));
+        if shared.sleeping.load(Ordering::SeqCst) {
+            shared.wake();
         }
-        shared.take_slot();
-        shared.start_request(req, done);
-        shared.flush_submissions();
     }
 }
 

@@ -1,0 +1,250 @@
+//! Device throughput, one workload per run, for `scripts/bench-devices.sh` to set beside fio's
+//! on the same file in the same run.
+//!
+//! ```text
+//! cargo bench -p iomap-dev --bench devices -- DEVICE WORKLOAD FILE [options]
+//!   DEVICE    uring | file
+//!   WORKLOAD  randread (4 KiB random reads) | seqwrite (1 MiB sequential writes)
+//!   --secs N      run time (default 10)
+//!   --depth N     requests kept in flight (default 32)
+//!   --workers N   file device pool threads (default 4)
+//!   --bs BYTES    request size (default 4096 for randread, 1 MiB for seqwrite)
+//!   --buffered    without O_DIRECT
+//!   --sync        one request at a time from the main thread (submit and wait), for latency
+//! ```
+//!
+//! Prints one line: `iops=… bytes_per_sec=… requests=… secs=…`. Each request in flight is a
+//! chain: its completion submits the next one, as fio keeps its queue full, so the figure is the
+//! device path's own and not a submitting thread's wake-up latency.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use iomap_dev::{
+    BlockDevice, BufRange, DevAddr, DeviceOptions, DeviceRequest, FileDevice, IoBuf, SharedBuf,
+    UringDevice,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    RandRead,
+    SeqWrite,
+}
+
+struct Args {
+    device: String,
+    workload: Workload,
+    file: PathBuf,
+    secs: f64,
+    depth: usize,
+    workers: usize,
+    bs: usize,
+    direct: bool,
+    sync: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    // `cargo bench` passes `--bench`; skip it and anything else cargo adds.
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+    let device = it.next().ok_or("missing DEVICE (uring or file)")?;
+    let workload = match it.next().as_deref() {
+        Some("randread") => Workload::RandRead,
+        Some("seqwrite") => Workload::SeqWrite,
+        other => {
+            return Err(format!(
+                "WORKLOAD must be randread or seqwrite, not {other:?}"
+            ))
+        }
+    };
+    let file = PathBuf::from(it.next().ok_or("missing FILE")?);
+    let mut args = Args {
+        device,
+        workload,
+        file,
+        secs: 10.0,
+        depth: 32,
+        workers: 4,
+        bs: if workload == Workload::RandRead {
+            4096
+        } else {
+            1 << 20
+        },
+        direct: true,
+        sync: false,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--secs" => args.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
+            "--depth" => args.depth = value()?.parse().map_err(|e| format!("--depth: {e}"))?,
+            "--workers" => {
+                args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?
+            }
+            "--bs" => args.bs = value()?.parse().map_err(|e| format!("--bs: {e}"))?,
+            "--buffered" => args.direct = false,
+            "--sync" => args.sync = true,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Shared by every chain of one run.
+struct Run {
+    dev: Arc<dyn BlockDevice>,
+    workload: Workload,
+    bs: u64,
+    blocks: u64,
+    next_block: AtomicU64,
+    done: AtomicU64,
+    stop: AtomicBool,
+    finished: mpsc::Sender<()>,
+}
+
+fn issue(run: Arc<Run>, buf: SharedBuf, mut rng: SmallRng) {
+    let block = match run.workload {
+        Workload::RandRead => rng.gen_range(0..run.blocks),
+        Workload::SeqWrite => run.next_block.fetch_add(1, Ordering::Relaxed) % run.blocks,
+    };
+    let seg = BufRange::new(Arc::clone(&buf), 0, run.bs as usize);
+    let addr = DevAddr(block * run.bs);
+    let req = match run.workload {
+        Workload::RandRead => DeviceRequest::read(addr, vec![seg]),
+        Workload::SeqWrite => DeviceRequest::write(addr, vec![seg]),
+    };
+    let dev = Arc::clone(&run.dev);
+    dev.submit(
+        req,
+        Box::new(move |res| {
+            if let Err(e) = res {
+                eprintln!("request failed: {e}");
+                std::process::exit(1);
+            }
+            run.done.fetch_add(1, Ordering::Relaxed);
+            if run.stop.load(Ordering::Relaxed) {
+                // Ignored if the receiver is gone: the run is over either way.
+                let _ = run.finished.send(());
+            } else {
+                issue(run, buf, rng);
+            }
+        }),
+    );
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("devices bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = DeviceOptions {
+        direct: args.direct,
+        workers: args.workers,
+        queue_depth: args.depth as u32,
+        max_request_bytes: (args.bs as u64).max(1 << 20),
+        ..DeviceOptions::default()
+    };
+    let dev: Arc<dyn BlockDevice> = match args.device.as_str() {
+        "uring" => match UringDevice::open(&args.file, opts) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                eprintln!("devices bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        "file" => match FileDevice::open(&args.file, opts) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                eprintln!("devices bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        other => {
+            eprintln!("devices bench: DEVICE must be uring or file, not {other}");
+            return ExitCode::from(2);
+        }
+    };
+    let bs = args.bs as u64;
+    let (tx, rx) = mpsc::channel();
+    let run = Arc::new(Run {
+        blocks: dev.capacity_bytes() / bs,
+        dev,
+        workload: args.workload,
+        bs,
+        next_block: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        finished: tx,
+    });
+    if args.sync {
+        return sync_loop(&run, &args);
+    }
+    let start = Instant::now();
+    for i in 0..args.depth {
+        let mut buf = IoBuf::zeroed(args.bs);
+        buf.fill(0x5a ^ i as u8);
+        issue(
+            Arc::clone(&run),
+            buf.shared(),
+            SmallRng::seed_from_u64(i as u64 + 1),
+        );
+    }
+    std::thread::sleep(Duration::from_secs_f64(args.secs));
+    run.stop.store(true, Ordering::Relaxed);
+    let requests = run.done.load(Ordering::Relaxed);
+    let secs = start.elapsed().as_secs_f64();
+    for _ in 0..args.depth {
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            eprintln!("devices bench: requests in flight did not finish");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!(
+        "iops={:.0} bytes_per_sec={:.0} requests={requests} secs={secs:.3}",
+        requests as f64 / secs,
+        (requests * bs) as f64 / secs
+    );
+    ExitCode::SUCCESS
+}
+
+/// One request at a time from this thread, each waited for: the latency a blocking reader sees.
+fn sync_loop(run: &Run, args: &Args) -> ExitCode {
+    use iomap_dev::BlockDeviceExt;
+    let buf = IoBuf::zeroed(args.bs).shared();
+    let mut rng = SmallRng::seed_from_u64(1);
+    let start = Instant::now();
+    let mut requests = 0u64;
+    while start.elapsed().as_secs_f64() < args.secs {
+        for _ in 0..64 {
+            let block = match run.workload {
+                Workload::RandRead => rng.gen_range(0..run.blocks),
+                Workload::SeqWrite => requests % run.blocks,
+            };
+            let seg = BufRange::new(Arc::clone(&buf), 0, args.bs);
+            let addr = DevAddr(block * run.bs);
+            let req = match run.workload {
+                Workload::RandRead => DeviceRequest::read(addr, vec![seg]),
+                Workload::SeqWrite => DeviceRequest::write(addr, vec![seg]),
+            };
+            if let Err(e) = run.dev.submit_wait(req) {
+                eprintln!("request failed: {e}");
+                return ExitCode::FAILURE;
+            }
+            requests += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "iops={:.0} bytes_per_sec={:.0} requests={requests} secs={secs:.3}",
+        requests as f64 / secs,
+        (requests * run.bs) as f64 / secs
+    );
+    ExitCode::SUCCESS
+}
