@@ -4,8 +4,8 @@
 //! write or flush of a byte range, scatter-gathered over shared folio buffers) and reports the
 //! outcome once through a [`Completion`]. Submission is asynchronous by contract: a device may
 //! complete the request before `submit` returns (the memory device does) or later on another
-//! thread (io_uring), and callers must be correct either way. Wrappers compose: [`FaultDevice`]
-//! and [`LogDevice`] take any other device.
+//! thread (io_uring), and callers must be correct either way. Wrappers compose: [`FaultDevice`],
+//! [`LogDevice`] and [`CrashDevice`] take any other device.
 //!
 //! Addresses and lengths are in bytes and must be multiples of the device's logical block size;
 //! a request is never longer than [`BlockDevice::max_request_bytes`]. Requests that break these
@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod buf;
+mod crash;
 mod fault;
 mod file;
 mod log;
@@ -22,6 +23,7 @@ mod request;
 mod sync;
 
 pub use buf::{BufRange, IoBuf, SharedBuf, IO_BUF_ALIGN};
+pub use crash::{CrashDevice, CrashEvent, Pending};
 pub use fault::{FaultDevice, FaultRule};
 pub use file::{FileDevice, FileDeviceOptions};
 pub use log::{LogDevice, LoggedRequest};
