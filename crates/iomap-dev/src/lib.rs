@@ -4,8 +4,8 @@
 //! write or flush of a byte range, scatter-gathered over shared folio buffers) and reports the
 //! outcome once through a [`Completion`]. Submission is asynchronous by contract: a device may
 //! complete the request before `submit` returns (the memory device does) or later on another
-//! thread (io_uring), and callers must be correct either way. Wrappers compose: [`FaultDevice`]
-//! and [`LogDevice`] take any other device.
+//! thread (io_uring), and callers must be correct either way. Wrappers compose: [`FaultDevice`],
+//! [`LogDevice`] and [`CrashDevice`] take any other device.
 //!
 //! Addresses and lengths are in bytes and must be multiples of the device's logical block size;
 //! a request is never longer than [`BlockDevice::max_request_bytes`]. Requests that break these
@@ -15,6 +15,7 @@
 
 mod backing;
 mod buf;
+mod crash;
 mod fault;
 mod file;
 mod iov;
@@ -27,6 +28,7 @@ mod uring;
 
 pub use backing::DeviceOptions;
 pub use buf::{BufRange, IoBuf, SharedBuf, IO_BUF_ALIGN};
+pub use crash::{CrashDevice, CrashEvent, Pending};
 pub use fault::{FaultDevice, FaultKind, FaultRule, InjectedFault};
 pub use file::FileDevice;
 pub use log::{LogDevice, LoggedRequest};

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use iomap_dev::{
-    BlockDevice, BlockDeviceExt, BufRange, DevAddr, DeviceOptions, DeviceRequest, FaultDevice,
-    FileDevice, IoBuf, LogDevice, MemDevice, SharedBuf, UringDevice,
+    BlockDevice, BlockDeviceExt, BufRange, CrashDevice, DevAddr, DeviceOptions, DeviceRequest,
+    FaultDevice, FileDevice, IoBuf, LogDevice, MemDevice, SharedBuf, UringDevice,
 };
 
 const CAPACITY: u64 = 16 << 20;
@@ -54,6 +54,13 @@ fn logged_mem() -> Subject {
 fn fault_mem() -> Subject {
     Subject {
         dev: Arc::new(FaultDevice::new(MemDevice::new(CAPACITY))),
+        path: None,
+    }
+}
+
+fn crash_mem() -> Subject {
+    Subject {
+        dev: Arc::new(CrashDevice::new(MemDevice::new(CAPACITY)).unwrap()),
         path: None,
     }
 }
@@ -490,6 +497,7 @@ macro_rules! conformance {
 conformance!(mem_device, |_| mem());
 conformance!(log_device, |_| logged_mem());
 conformance!(fault_device, |_| fault_mem());
+conformance!(crash_device, |_| crash_mem());
 conformance!(file_device_inline, |n: &str| file_inline(&format!(
     "inline-{n}"
 )));
