@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench -p iomap-dev --bench devices -- DEVICE WORKLOAD FILE [options]
-//!   DEVICE    uring | file
+//!   DEVICE    uring | file | raw-uring (no device: the plainest loop over one ring, the
+//!             naive baseline of what io_uring gives a single thread here; randread only)
 //!   WORKLOAD  randread (4 KiB random reads) | seqwrite (1 MiB sequential writes)
 //!   --secs N      run time (default 10)
 //!   --depth N     requests kept in flight (default 32)
@@ -151,6 +152,9 @@ fn main() -> ExitCode {
         max_request_bytes: (args.bs as u64).max(1 << 20),
         ..DeviceOptions::default()
     };
+    if args.device == "raw-uring" {
+        return raw_uring(&args);
+    }
     let dev: Arc<dyn BlockDevice> = match args.device.as_str() {
         "uring" => match UringDevice::open(&args.file, opts) {
             Ok(d) => Arc::new(d),
@@ -245,6 +249,92 @@ fn sync_loop(run: &Run, args: &Args) -> ExitCode {
         "iops={:.0} bytes_per_sec={:.0} requests={requests} secs={secs:.3}",
         requests as f64 / secs,
         (requests * run.bs) as f64 / secs
+    );
+    ExitCode::SUCCESS
+}
+
+/// The plainest io_uring loop: one thread, one ring with deferred task work, `depth` reads of
+/// `bs` bytes into one buffer each, every completion replaced by a new read at once.
+fn raw_uring(args: &Args) -> ExitCode {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+
+    if args.workload != Workload::RandRead {
+        eprintln!("devices bench: raw-uring measures randread only");
+        return ExitCode::from(2);
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    if args.direct {
+        open.custom_flags(libc::O_DIRECT);
+    }
+    let (file, mut ring) = match (
+        open.open(&args.file),
+        IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .build(args.depth as u32),
+    ) {
+        (Ok(f), Ok(r)) => (f, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("devices bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let blocks = file.metadata().map(|m| m.len()).unwrap_or(0) / args.bs as u64;
+    let mut bufs: Vec<IoBuf> = (0..args.depth).map(|_| IoBuf::zeroed(args.bs)).collect();
+    let mut rng = SmallRng::seed_from_u64(1);
+    let fd = types::Fd(file.as_raw_fd());
+    let mut push = |ring: &mut IoUring, slot: usize, rng: &mut SmallRng| {
+        let offset = rng.gen_range(0..blocks) * args.bs as u64;
+        let read = opcode::Read::new(fd, bufs[slot].as_mut_ptr(), args.bs as u32)
+            .offset(offset)
+            .build()
+            .user_data(slot as u64);
+        // SAFETY: each slot's buffer lives until the end of this function and has at most one
+        // read in flight; the ring has an entry for every slot.
+        unsafe { ring.submission().push(&read) }.is_ok()
+    };
+    for slot in 0..args.depth {
+        push(&mut ring, slot, &mut rng);
+    }
+    let start = Instant::now();
+    let mut requests = 0u64;
+    let mut done = Vec::with_capacity(args.depth);
+    while start.elapsed().as_secs_f64() < args.secs {
+        if let Err(e) = ring.submit_and_wait(1) {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                eprintln!("devices bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (slot, res) in done.drain(..) {
+            if res != args.bs as i32 {
+                eprintln!("devices bench: read returned {res}");
+                return ExitCode::FAILURE;
+            }
+            requests += 1;
+            push(&mut ring, slot as usize, &mut rng);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Let the reads in flight land before their buffers go.
+    // Every slot has exactly one read outstanding.
+    let mut landed = 0;
+    while landed < args.depth {
+        if ring.submit_and_wait(1).is_err() {
+            continue;
+        }
+        landed += ring.completion().count();
+    }
+    drop(ring);
+    println!(
+        "iops={:.0} bytes_per_sec={:.0} requests={requests} secs={secs:.3}",
+        requests as f64 / secs,
+        (requests * args.bs as u64) as f64 / secs
     );
     ExitCode::SUCCESS
 }
