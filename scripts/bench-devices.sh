@@ -6,7 +6,7 @@
 # UringDevice against fio's io_uring engine, FileDevice against fio's psync engine: 4 KiB
 # random reads and 1 MiB sequential writes; and, for reference, the plainest single-thread
 # io-uring loop against fio's 4 KiB random reads, all O_DIRECT, the two sides alternating round by
-# round so that a change in the machine's load hits both. Each figure is the median of the
+# round (and which goes first alternating too) so that a change in the machine's load hits both. Each figure is the median of the
 # rounds; each ratio is ours over fio's.
 #
 # Knobs: BENCH_FILE (default target/bench-data/devices.img; must be on a file system with
@@ -57,8 +57,15 @@ run_case() { # name metric(1=iops,2=bytes) ours-args -- fio-args
     shift
     fio_args=("$@")
     for r in $(seq "$ROUNDS"); do
-        results[$name.ours]+=" $(ours "${ours_args[@]}" | cut -d' ' -f"$metric")"
-        results[$name.fio]+=" $(theirs "${fio_args[@]}" | cut -d' ' -f"$metric")"
+        # Odd rounds run ours first, even rounds fio first: whatever one run leaves behind
+        # (the host's dirty pages, a warm cache) falls on each side equally often.
+        if [ $((r % 2)) = 1 ]; then
+            results[$name.ours]+=" $(ours "${ours_args[@]}" | cut -d' ' -f"$metric")"
+            results[$name.fio]+=" $(theirs "${fio_args[@]}" | cut -d' ' -f"$metric")"
+        else
+            results[$name.fio]+=" $(theirs "${fio_args[@]}" | cut -d' ' -f"$metric")"
+            results[$name.ours]+=" $(ours "${ours_args[@]}" | cut -d' ' -f"$metric")"
+        fi
         echo "$name round $r: ours${results[$name.ours]##* } fio${results[$name.fio]##* }" >&2
     done
 }

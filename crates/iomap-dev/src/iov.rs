@@ -50,6 +50,16 @@ unsafe impl Send for LockedIo {}
 impl LockedIo {
     /// Locks the buffers of a read or write and describes them as iovecs, in request order.
     pub fn lock(req: &DeviceRequest) -> Self {
+        Self::lock_with(req, true).unwrap_or_else(|| unreachable!("blocking lock always succeeds"))
+    }
+
+    /// As [`lock`](Self::lock), but gives up, holding nothing, if any buffer is locked
+    /// elsewhere: for a thread that must never wait on a lock another of its own requests holds.
+    pub fn try_lock(req: &DeviceRequest) -> Option<Self> {
+        Self::lock_with(req, false)
+    }
+
+    fn lock_with(req: &DeviceRequest, wait: bool) -> Option<Self> {
         // Each distinct buffer once, in first-use order, and which of them each segment uses.
         let mut bufs: Vec<&SharedBuf> = Vec::new();
         let owner: Vec<usize> = req
@@ -65,7 +75,16 @@ impl LockedIo {
             .collect();
         let mut iov = Vec::with_capacity(req.segments.len());
         let guards = if req.op == Op::Read {
-            let mut guards: Vec<_> = bufs.iter().map(|b| b.write_arc()).collect();
+            let mut guards: Vec<_> = bufs
+                .iter()
+                .map(|b| {
+                    if wait {
+                        Some(b.write_arc())
+                    } else {
+                        b.try_write_arc()
+                    }
+                })
+                .collect::<Option<_>>()?;
             // One base pointer per buffer, taken once, so that no later borrow of the buffer
             // invalidates the iovecs derived from it.
             let bases: Vec<*mut u8> = guards.iter_mut().map(|g| g.as_mut_ptr()).collect();
@@ -79,7 +98,16 @@ impl LockedIo {
             }
             Guards::Fill(guards)
         } else {
-            let guards: Vec<_> = bufs.iter().map(|b| b.read_arc()).collect();
+            let guards: Vec<_> = bufs
+                .iter()
+                .map(|b| {
+                    if wait {
+                        Some(b.read_arc())
+                    } else {
+                        b.try_read_arc()
+                    }
+                })
+                .collect::<Option<_>>()?;
             for (seg, &k) in req.segments.iter().zip(&owner) {
                 let bytes = &guards[k][seg.offset..seg.offset + seg.len];
                 iov.push(libc::iovec {
@@ -90,13 +118,13 @@ impl LockedIo {
             }
             Guards::Drain(guards)
         };
-        Self {
+        Some(Self {
             _guards: guards,
             iov,
             first: 0,
             pos: req.addr.0,
             remaining: req.len(),
-        }
+        })
     }
 
     /// With `O_DIRECT`, checks that every segment's memory is aligned to `mem_align` and its

@@ -5,7 +5,7 @@
 //! up its rings) instead of interrupting it for each one. Submitters on any thread queue their
 //! request and, only if the ring thread is asleep in the kernel, wake it through an eventfd whose
 //! read it keeps armed in the ring. The ring thread takes every queued request at once (up to
-//! `queue_depth` in flight), locks its buffers, pushes the entries and enters the kernel once to
+//! `queue_depth` in flight), pushes the entries and enters the kernel once to
 //! submit them all and wait: submissions from many threads are batched into one system call.
 //! It resubmits the rest of a short or interrupted transfer and calls each request's
 //! completion; a completion that submits more requests (a read-ahead chain, a journal commit)
@@ -13,7 +13,12 @@
 //!
 //! A flush is `IORING_OP_FSYNC` with `DATASYNC`; a FUA write carries `RWF_DSYNC`.
 //!
-//! Lock order: the queue's lock is never held while locking buffers or calling completions.
+//! Submitters lock their request's buffers before queueing it (a buffer named by a request in
+//! flight is released when that request completes). The ring thread never waits for a buffer:
+//! requests submitted from its own completions are locked there with a try, and one whose
+//! buffers another request in flight holds (a read into part of a folio while another part is
+//! written back) waits for that request to complete. The queue's lock is never held while
+//! locking buffers or calling completions.
 
 use std::collections::VecDeque;
 use std::io;
@@ -47,12 +52,26 @@ pub struct UringDevice {
 struct Shared {
     backing: Backing,
     /// Requests waiting for the ring thread.
-    queue: Mutex<VecDeque<(DeviceRequest, Completion)>>,
+    queue: Mutex<VecDeque<Job>>,
     /// The ring thread is (about to be) asleep in the kernel: a submitter must wake it.
     sleeping: AtomicBool,
     /// Writing to it completes the ring thread's armed read and so wakes it.
     wake_fd: OwnedFd,
     closing: AtomicBool,
+}
+
+/// A request waiting for the ring thread.
+struct Job {
+    req: DeviceRequest,
+    done: Completion,
+    /// The buffers, locked by the submitter; `None` for a flush, or for a request submitted on
+    /// the ring thread itself, which locks them only when none is held elsewhere.
+    io: Option<LockedIo>,
+}
+
+thread_local! {
+    /// On a ring thread, the address of its device's shared state.
+    static RING_THREAD_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// One request in flight: owned by the kernel (as `user_data`) from push to completion.
@@ -201,35 +220,54 @@ impl<'a> RingThread<'a> {
     }
 
     fn run(mut self) {
+        RING_THREAD_OF.with(|c| c.set(std::ptr::from_ref(self.shared) as usize));
         let mut batch: Vec<(u64, i32)> = Vec::with_capacity(2 * (self.depth as usize + 1));
-        let mut jobs = Vec::with_capacity(self.depth as usize);
+        // Requests taken from the queue and not yet started, in submission order.
+        let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {
             let closing = self.shared.closing.load(Ordering::Acquire);
             if !self.wake_armed && !closing {
                 self.arm_wake();
             }
-            // Take what fits; the rest waits in the queue.
-            {
-                let mut queue = self.shared.queue.lock();
-                let room = (self.depth - self.inflight) as usize;
-                let n = room.min(queue.len());
-                jobs.extend(queue.drain(..n));
+            waiting.extend(self.shared.queue.lock().drain(..));
+            // Start what fits. A request whose buffers another request of ours holds (a read
+            // into one part of a folio while another part is being written back) waits for
+            // that one to complete: blocking here would wait on ourselves.
+            let mut tries = waiting.len();
+            while self.inflight < self.depth && tries > 0 {
+                tries -= 1;
+                let Some(mut job) = waiting.pop_front() else {
+                    break;
+                };
+                if job.io.is_none() && job.req.op != Op::Flush {
+                    match LockedIo::try_lock(&job.req) {
+                        Some(io) => job.io = Some(io),
+                        None => {
+                            waiting.push_back(job);
+                            continue;
+                        }
+                    }
+                }
+                self.start_request(job);
             }
-            for (req, done) in jobs.drain(..) {
-                self.start_request(req, done);
+            if closing && self.inflight == 0 && !self.wake_armed && waiting.is_empty() {
+                if self.shared.queue.lock().is_empty() {
+                    return;
+                }
+                continue;
             }
-            if closing
-                && self.inflight == 0
-                && !self.wake_armed
-                && self.shared.queue.lock().is_empty()
-            {
-                return;
-            }
-            // Sleep only when nothing more can be pushed; a submitter that queues after this
+            // Sleep only when nothing more can be started; a submitter that queues after this
             // store sees it and wakes us.
             self.shared.sleeping.store(true, Ordering::SeqCst);
-            let more = self.inflight < self.depth && !self.shared.queue.lock().is_empty();
-            let want = u32::from(!more);
+            let room = self.inflight < self.depth;
+            let queued = !self.shared.queue.lock().is_empty();
+            // Buffers held by someone outside the ring (a reader copying) are released without
+            // any completion of ours to wake us: poll for them.
+            let held_outside = !waiting.is_empty() && self.inflight == 0;
+            if held_outside {
+                std::thread::yield_now();
+            }
+            let want = u32::from(!(held_outside || room && queued));
             self.enter(want);
             self.shared.sleeping.store(false, Ordering::SeqCst);
             batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -297,27 +335,24 @@ impl<'a> RingThread<'a> {
         sq.sync();
     }
 
-    /// Locks a request's buffers and pushes its entry; a request that fails before reaching
-    /// the ring completes here.
-    fn start_request(&mut self, req: DeviceRequest, done: Completion) {
-        let op = req.op;
-        let io = match op {
-            Op::Flush => None,
-            _ => {
-                let io = LockedIo::lock(&req);
-                let b = &self.shared.backing;
-                if b.mem_align > 1 {
-                    if let Err(e) = io.check_direct(b.mem_align, b.logical_block_size) {
-                        drop(io);
-                        drop(req);
-                        return done(Err(e));
-                    }
-                }
-                Some(io)
+    /// Pushes a request's entry; one whose buffers fail the O_DIRECT checks completes here.
+    fn start_request(&mut self, job: Job) {
+        let Job { req, done, io } = job;
+        let b = &self.shared.backing;
+        if let (Some(locked), true) = (&io, b.mem_align > 1) {
+            if let Err(e) = locked.check_direct(b.mem_align, b.logical_block_size) {
+                drop(io);
+                drop(req);
+                return done(Err(e));
             }
-        };
+        }
         self.inflight += 1;
-        self.push(Box::new(Inflight { op, req, io, done }));
+        self.push(Box::new(Inflight {
+            op: req.op,
+            req,
+            io,
+            done,
+        }));
     }
 
     /// Pushes the entry for what is left of `inflight`.
@@ -415,7 +450,12 @@ impl BlockDevice for UringDevice {
             drop(req);
             return done(Err(Backing::read_only_error()));
         }
-        shared.queue.lock().push_back((req, done));
+        // Lock the buffers here, where waiting for a request in flight to release them is
+        // harmless, except on the ring thread itself.
+        let on_ring_thread =
+            RING_THREAD_OF.with(std::cell::Cell::get) == Arc::as_ptr(shared) as usize;
+        let io = (req.op != Op::Flush && !on_ring_thread).then(|| LockedIo::lock(&req));
+        shared.queue.lock().push_back(Job { req, done, io });
         if shared.sleeping.load(Ordering::SeqCst) {
             shared.wake();
         }
