@@ -436,7 +436,15 @@ impl<D: BlockDevice> BlockDevice for CrashDevice<D> {
             Op::Write if check_request(&self.inner, &req).is_ok() => {
                 let mut data = Vec::with_capacity(req.len() as usize);
                 for seg in &req.segments {
-                    data.extend_from_slice(&seg.buf.read()[seg.offset..seg.offset + seg.len]);
+                    let buf = seg.buf.read();
+                    match buf.get(seg.offset..seg.offset + seg.len) {
+                        Some(bytes) => data.extend_from_slice(bytes),
+                        // Out of bounds: the inner device refuses it; nothing to record.
+                        None => {
+                            drop(buf);
+                            return self.inner.submit(req, done);
+                        }
+                    }
                 }
                 Some(data)
             }

@@ -105,7 +105,7 @@ fn execute(backing: &Backing, req: &DeviceRequest) -> io::Result<()> {
         Op::Write if backing.read_only => return Err(Backing::read_only_error()),
         _ => {}
     }
-    let mut io = LockedIo::lock(req);
+    let mut io = LockedIo::lock(req)?;
     if backing.mem_align > 1 {
         io.check_direct(backing.mem_align, backing.logical_block_size)?;
     }

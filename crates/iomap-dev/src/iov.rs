@@ -47,19 +47,45 @@ pub(crate) struct LockedIo {
 // those pointers.
 unsafe impl Send for LockedIo {}
 
+/// Every segment inside its buffer; `lens[owner[i]]` is segment i's buffer length.
+fn check_segments(req: &DeviceRequest, owner: &[usize], lens: &[usize]) -> io::Result<()> {
+    for (seg, &k) in req.segments.iter().zip(owner) {
+        if seg
+            .offset
+            .checked_add(seg.len)
+            .is_none_or(|end| end > lens[k])
+        {
+            return Err(segment_outside(seg.offset, seg.len, lens[k]));
+        }
+    }
+    Ok(())
+}
+
+/// The error for a segment that does not lie within its buffer.
+pub(crate) fn segment_outside(offset: usize, len: usize, buf_len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("segment {offset}+{len} lies outside its {buf_len}-byte buffer"),
+    )
+}
+
 impl LockedIo {
     /// Locks the buffers of a read or write and describes them as iovecs, in request order.
-    pub fn lock(req: &DeviceRequest) -> Self {
-        Self::lock_with(req, true).unwrap_or_else(|| unreachable!("blocking lock always succeeds"))
+    /// Fails if a segment lies outside its buffer (checked here, under the lock, because
+    /// [`check_request`](crate::check_request) skips buffers it finds locked).
+    pub fn lock(req: &DeviceRequest) -> io::Result<Self> {
+        Self::lock_with(req, true)
+            .unwrap_or_else(|| Err(io::Error::other("a blocking buffer lock gave up")))
     }
 
-    /// As [`lock`](Self::lock), but gives up, holding nothing, if any buffer is locked
-    /// elsewhere: for a thread that must never wait on a lock another of its own requests holds.
-    pub fn try_lock(req: &DeviceRequest) -> Option<Self> {
+    /// As [`lock`](Self::lock), but gives up (`None`), holding nothing, if any buffer is
+    /// locked elsewhere: for a thread that must never wait on a lock another of its own
+    /// requests holds.
+    pub fn try_lock(req: &DeviceRequest) -> Option<io::Result<Self>> {
         Self::lock_with(req, false)
     }
 
-    fn lock_with(req: &DeviceRequest, wait: bool) -> Option<Self> {
+    fn lock_with(req: &DeviceRequest, wait: bool) -> Option<io::Result<Self>> {
         // Each distinct buffer once, in first-use order, and which of them each segment uses.
         let mut bufs: Vec<&SharedBuf> = Vec::new();
         let owner: Vec<usize> = req
@@ -85,12 +111,15 @@ impl LockedIo {
                     }
                 })
                 .collect::<Option<_>>()?;
+            let lens: Vec<usize> = guards.iter().map(|g| g.len()).collect();
+            if let Err(e) = check_segments(req, &owner, &lens) {
+                return Some(Err(e));
+            }
             // One base pointer per buffer, taken once, so that no later borrow of the buffer
             // invalidates the iovecs derived from it.
             let bases: Vec<*mut u8> = guards.iter_mut().map(|g| g.as_mut_ptr()).collect();
             for (seg, &k) in req.segments.iter().zip(&owner) {
-                // In bounds: `check_request` keeps every segment inside its buffer.
-                debug_assert!(seg.offset + seg.len <= guards[k].len());
+                // In bounds: checked just above.
                 iov.push(libc::iovec {
                     iov_base: bases[k].wrapping_add(seg.offset).cast(),
                     iov_len: seg.len,
@@ -108,6 +137,10 @@ impl LockedIo {
                     }
                 })
                 .collect::<Option<_>>()?;
+            let lens: Vec<usize> = guards.iter().map(|g| g.len()).collect();
+            if let Err(e) = check_segments(req, &owner, &lens) {
+                return Some(Err(e));
+            }
             for (seg, &k) in req.segments.iter().zip(&owner) {
                 let bytes = &guards[k][seg.offset..seg.offset + seg.len];
                 iov.push(libc::iovec {
@@ -118,13 +151,13 @@ impl LockedIo {
             }
             Guards::Drain(guards)
         };
-        Some(Self {
+        Some(Ok(Self {
             _guards: guards,
             iov,
             first: 0,
             pos: req.addr.0,
             remaining: req.len(),
-        })
+        }))
     }
 
     /// With `O_DIRECT`, checks that every segment's memory is aligned to `mem_align` and its
@@ -171,5 +204,33 @@ impl LockedIo {
             left -= v.iov_len;
             self.first += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::BufRange;
+    use crate::request::{check_request, DevAddr};
+    use crate::MemDevice;
+
+    #[test]
+    fn checking_a_request_never_waits_for_a_locked_buffer() {
+        let dev = MemDevice::new(1 << 20);
+        let buf = IoBuf::zeroed(4096).shared();
+        let held = buf.write();
+        let req = DeviceRequest::read(DevAddr(0), vec![BufRange::new(Arc::clone(&buf), 0, 4096)]);
+        // With a blocking look at the buffer this would never return.
+        check_request(&dev, &req).unwrap();
+        drop(held);
+        // A segment outside its buffer is caught when the device locks it, too.
+        let bad = DeviceRequest::write(DevAddr(0), vec![BufRange::new(buf, 2048, 4096)]);
+        let err = LockedIo::lock(&bad).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().contains("outside its 4096-byte buffer"),
+            "{err}"
+        );
+        assert!(LockedIo::try_lock(&bad).unwrap().is_err());
     }
 }

@@ -82,9 +82,17 @@ impl MemDevice {
         let mut addr = req.addr.0;
         for seg in &req.segments {
             let range = seg.offset..seg.offset + seg.len;
+            let outside = |len| crate::iov::segment_outside(seg.offset, seg.len, len);
             match req.op {
-                Op::Read => self.copy_out(addr, &mut seg.buf.write()[range]),
-                Op::Write => self.copy_in(addr, &seg.buf.read()[range]),
+                Op::Read => {
+                    let mut buf = seg.buf.write();
+                    let len = buf.len();
+                    self.copy_out(addr, buf.get_mut(range).ok_or_else(|| outside(len))?);
+                }
+                Op::Write => {
+                    let buf = seg.buf.read();
+                    self.copy_in(addr, buf.get(range).ok_or_else(|| outside(buf.len()))?);
+                }
                 Op::Flush => {}
             }
             addr += seg.len as u64;

@@ -116,7 +116,9 @@ impl DeviceRequest {
 pub type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// Checks `req` against `dev`'s geometry: alignment to the logical block size, the maximum
-/// request size, the device's end, and segments that lie within their buffers.
+/// request size, the device's end, and segments that lie within their buffers. It never waits
+/// for a buffer's lock: a buffer locked elsewhere (by a request in flight) is skipped here and
+/// checked by the device when it locks the buffer for the transfer.
 pub fn check_request<D: BlockDevice + ?Sized>(dev: &D, req: &DeviceRequest) -> io::Result<()> {
     if req.op == Op::Flush {
         return Ok(());
@@ -155,12 +157,20 @@ pub fn check_request<D: BlockDevice + ?Sized>(dev: &D, req: &DeviceRequest) -> i
         }
     }
     for seg in &req.segments {
-        let buf_len = seg.buf.read().len();
-        if seg.len == 0 || seg.offset.checked_add(seg.len).is_none_or(|e| e > buf_len) {
-            return invalid(format!(
-                "segment {}+{} lies outside its {buf_len}-byte buffer",
-                seg.offset, seg.len
-            ));
+        if seg.len == 0 {
+            return invalid(format!("segment at {} has no bytes", seg.offset));
+        }
+        // A buffer locked elsewhere (by a request in flight) is not waited for: the device
+        // checks its bounds again when it locks it for the transfer.
+        let Some(buf) = seg.buf.try_read() else {
+            continue;
+        };
+        if seg
+            .offset
+            .checked_add(seg.len)
+            .is_none_or(|e| e > buf.len())
+        {
+            return Err(crate::iov::segment_outside(seg.offset, seg.len, buf.len()));
         }
     }
     Ok(())

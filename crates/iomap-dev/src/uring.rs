@@ -241,7 +241,13 @@ impl<'a> RingThread<'a> {
                 };
                 if job.io.is_none() && job.req.op != Op::Flush {
                     match LockedIo::try_lock(&job.req) {
-                        Some(io) => job.io = Some(io),
+                        Some(Ok(io)) => job.io = Some(io),
+                        Some(Err(e)) => {
+                            let Job { req, done, .. } = job;
+                            drop(req);
+                            done(Err(e));
+                            continue;
+                        }
                         None => {
                             waiting.push_back(job);
                             continue;
@@ -454,7 +460,16 @@ impl BlockDevice for UringDevice {
         // harmless, except on the ring thread itself.
         let on_ring_thread =
             RING_THREAD_OF.with(std::cell::Cell::get) == Arc::as_ptr(shared) as usize;
-        let io = (req.op != Op::Flush && !on_ring_thread).then(|| LockedIo::lock(&req));
+        let io = match (req.op, on_ring_thread) {
+            (Op::Flush, _) | (_, true) => None,
+            _ => match LockedIo::lock(&req) {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    drop(req);
+                    return done(Err(e));
+                }
+            },
+        };
         shared.queue.lock().push_back(Job { req, done, io });
         if shared.sleeping.load(Ordering::SeqCst) {
             shared.wake();
