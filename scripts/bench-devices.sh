@@ -72,6 +72,8 @@ run_case() { # name metric(1=iops,2=bytes) ours-args -- fio-args
 
 run_case uring-randread 1 uring randread --depth 32 -- \
     --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
+run_case uring-poll-randread 1 uring randread --depth 32 --poll -- \
+    --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
 run_case raw-randread 1 raw-uring randread --depth 32 -- \
     --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
 run_case uring-seqwrite 2 uring seqwrite --depth 8 -- \
@@ -86,7 +88,8 @@ python3 - "$ROUNDS" "$SECS" \
     "${results[uring-seqwrite.ours]}" "${results[uring-seqwrite.fio]}" \
     "${results[file-randread.ours]}" "${results[file-randread.fio]}" \
     "${results[file-seqwrite.ours]}" "${results[file-seqwrite.fio]}" \
-    "${results[raw-randread.ours]}" "${results[raw-randread.fio]}" <<'EOF'
+    "${results[raw-randread.ours]}" "${results[raw-randread.fio]}" \
+    "${results[uring-poll-randread.ours]}" "${results[uring-poll-randread.fio]}" <<'EOF'
 import statistics, sys
 rounds, secs = sys.argv[1], sys.argv[2]
 v = [list(map(float, a.split())) for a in sys.argv[3:]]
@@ -96,6 +99,7 @@ rows = [
     ("FileDevice vs fio psync", "4 KiB random read, 4 threads", "IOPS", 0.9),
     ("FileDevice vs fio psync", "1 MiB sequential write, 1 thread", "MiB/s", 0.95),
     ("plain io-uring loop vs fio io_uring", "4 KiB random read, QD 32", "IOPS", None),
+    ("UringDevice, polling, vs fio io_uring", "4 KiB random read, QD 32", "IOPS", 0.9),
 ]
 print(f"O_DIRECT, {rounds} alternating rounds of {secs} s per side; medians.\n")
 print("| Device vs baseline | Workload | Ours | fio | Ratio (target) |")

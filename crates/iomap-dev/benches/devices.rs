@@ -11,6 +11,7 @@
 //!   --workers N   file device pool threads (default 4)
 //!   --bs BYTES    request size (default 4096 for randread, 1 MiB for seqwrite)
 //!   --buffered    without O_DIRECT
+//!   --poll        the io_uring device polls for completions (`DeviceOptions::poll`)
 //!   --sync        one request at a time from the main thread (submit and wait), for latency
 //! ```
 //!
@@ -47,6 +48,7 @@ struct Args {
     bs: usize,
     direct: bool,
     sync: bool,
+    poll: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -77,6 +79,7 @@ fn parse() -> Result<Args, String> {
         },
         direct: true,
         sync: false,
+        poll: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -89,6 +92,7 @@ fn parse() -> Result<Args, String> {
             "--bs" => args.bs = value()?.parse().map_err(|e| format!("--bs: {e}"))?,
             "--buffered" => args.direct = false,
             "--sync" => args.sync = true,
+            "--poll" => args.poll = true,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         direct: args.direct,
         workers: args.workers,
         queue_depth: args.depth as u32,
+        poll: args.poll,
         max_request_bytes: (args.bs as u64).max(1 << 20),
         ..DeviceOptions::default()
     };

@@ -11,6 +11,9 @@
 //! completion; a completion that submits more requests (a read-ahead chain, a journal commit)
 //! just queues them for the next turn, with no system call and no wake-up.
 //!
+//! With [`DeviceOptions::poll`] the ring thread does not sleep while requests are in flight: it
+//! enters the kernel without waiting, which runs the deferred completion work, and looks again.
+//!
 //! A flush is `IORING_OP_FSYNC` with `DATASYNC`; a FUA write carries `RWF_DSYNC`.
 //!
 //! Submitters lock their request's buffers before queueing it (a buffer named by a request in
@@ -100,6 +103,7 @@ impl UringDevice {
 
     fn start(backing: Backing, opts: &DeviceOptions) -> io::Result<Self> {
         let depth = opts.queue_depth.clamp(1, 4096);
+        let poll = opts.poll;
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -125,7 +129,7 @@ impl UringDevice {
                     Ok(ring) => {
                         // The receiver waits for exactly this message.
                         let _ = ready_tx.send(Ok(()));
-                        RingThread::new(&shared, ring, depth).run();
+                        RingThread::new(&shared, ring, depth, poll).run();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -199,6 +203,8 @@ struct RingThread<'a> {
     shared: &'a Shared,
     ring: IoUring,
     depth: u32,
+    /// Poll for completions rather than sleep while requests are in flight.
+    poll: bool,
     inflight: u32,
     /// Where the armed eventfd read puts the counter. Boxed: its address is in the ring.
     wake_buf: Box<u64>,
@@ -207,12 +213,13 @@ struct RingThread<'a> {
 }
 
 impl<'a> RingThread<'a> {
-    fn new(shared: &'a Shared, ring: IoUring, depth: u32) -> Self {
+    fn new(shared: &'a Shared, ring: IoUring, depth: u32, poll: bool) -> Self {
         Self {
             fd: shared.backing.file.as_raw_fd(),
             shared,
             ring,
             depth,
+            poll,
             inflight: 0,
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -264,7 +271,9 @@ impl<'a> RingThread<'a> {
             }
             // Sleep only when nothing more can be started; a submitter that queues after this
             // store sees it and wakes us.
-            self.shared.sleeping.store(true, Ordering::SeqCst);
+            let polling = self.poll && self.inflight > 0;
+            // A polling thread re-reads the queue every turn: no one need wake it.
+            self.shared.sleeping.store(!polling, Ordering::SeqCst);
             let room = self.inflight < self.depth;
             let queued = !self.shared.queue.lock().is_empty();
             // Buffers held by someone outside the ring (a reader copying) are released without
@@ -273,7 +282,7 @@ impl<'a> RingThread<'a> {
             if held_outside {
                 std::thread::yield_now();
             }
-            let want = u32::from(!(held_outside || room && queued));
+            let want = u32::from(!(held_outside || polling || room && queued));
             self.enter(want);
             self.shared.sleeping.store(false, Ordering::SeqCst);
             batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));

@@ -506,6 +506,14 @@ conformance!(file_device_direct, |n: &str| file_direct(&format!(
     "direct-{n}"
 )));
 conformance!(uring_device, |n: &str| uring(&format!("uring-{n}")));
+conformance!(uring_device_polling, |n: &str| uring_with(
+    &format!("uring-poll-{n}"),
+    DeviceOptions {
+        poll: true,
+        queue_depth: 8,
+        ..DeviceOptions::default()
+    }
+));
 conformance!(uring_device_direct, |n: &str| uring_direct(&format!(
     "uring-direct-{n}"
 )));
