@@ -11,7 +11,9 @@
 #
 # Knobs: BENCH_FILE (default target/bench-data/devices.img; must be on a file system with
 # O_DIRECT, not tmpfs), BENCH_FILE_GB (4), BENCH_SECS (3 per round and side), BENCH_ROUNDS (5),
-# BENCH_KEEP=1 keeps the file.
+# BENCH_KEEP=1 keeps the file, BENCH_ONLY="uring-randread file-seqwrite ..." runs only the
+# named cases (uring-randread, uring-poll-randread, raw-randread, uring-seqwrite,
+# file-randread, file-seqwrite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +58,7 @@ run_case() { # name metric(1=iops,2=bytes) ours-args -- fio-args
     while [ "$1" != "--" ]; do ours_args+=("$1"); shift; done
     shift
     fio_args=("$@")
+    case " ${BENCH_ONLY:-$name} " in *" $name "*) ;; *) return ;; esac
     for r in $(seq "$ROUNDS"); do
         # Odd rounds run ours first, even rounds fio first: whatever one run leaves behind
         # (the host's dirty pages, a warm cache) falls on each side equally often.
@@ -84,12 +87,12 @@ run_case file-seqwrite 2 file seqwrite --workers 1 --depth 1 -- \
     --ioengine=psync --rw=write --bs=1M --numjobs=1
 
 python3 - "$ROUNDS" "$SECS" \
-    "${results[uring-randread.ours]}" "${results[uring-randread.fio]}" \
-    "${results[uring-seqwrite.ours]}" "${results[uring-seqwrite.fio]}" \
-    "${results[file-randread.ours]}" "${results[file-randread.fio]}" \
-    "${results[file-seqwrite.ours]}" "${results[file-seqwrite.fio]}" \
-    "${results[raw-randread.ours]}" "${results[raw-randread.fio]}" \
-    "${results[uring-poll-randread.ours]}" "${results[uring-poll-randread.fio]}" <<'EOF'
+    "${results[uring-randread.ours]:-}" "${results[uring-randread.fio]:-}" \
+    "${results[uring-seqwrite.ours]:-}" "${results[uring-seqwrite.fio]:-}" \
+    "${results[file-randread.ours]:-}" "${results[file-randread.fio]:-}" \
+    "${results[file-seqwrite.ours]:-}" "${results[file-seqwrite.fio]:-}" \
+    "${results[raw-randread.ours]:-}" "${results[raw-randread.fio]:-}" \
+    "${results[uring-poll-randread.ours]:-}" "${results[uring-poll-randread.fio]:-}" <<'EOF'
 import statistics, sys
 rounds, secs = sys.argv[1], sys.argv[2]
 v = [list(map(float, a.split())) for a in sys.argv[3:]]
@@ -105,6 +108,8 @@ print(f"O_DIRECT, {rounds} alternating rounds of {secs} s per side; medians.\n")
 print("| Device vs baseline | Workload | Ours | fio | Ratio (target) |")
 print("|---|---|---:|---:|---:|")
 for i, (who, what, unit, target) in enumerate(rows):
+    if not v[2 * i]:
+        continue  # left out with BENCH_ONLY
     ours, fio = statistics.median(v[2 * i]), statistics.median(v[2 * i + 1])
     scale = 1 if unit == "IOPS" else 1 / (1 << 20)
     print(f"| {who} | {what} | {ours * scale:,.0f} {unit} | {fio * scale:,.0f} {unit} "
