@@ -34,7 +34,7 @@ pub use file::FileDevice;
 pub use log::{LogDevice, LoggedRequest};
 pub use mem::MemDevice;
 pub use request::{check_request, Completion, DevAddr, DeviceRequest, Op};
-pub use select::{open_device, DeviceKind};
+pub use select::{open_device, DeviceKind, UnknownDevice};
 pub use sync::BlockDeviceExt;
 pub use uring::UringDevice;
 
