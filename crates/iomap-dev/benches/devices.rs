@@ -11,7 +11,8 @@
 //!   --workers N   file device pool threads (default 4)
 //!   --bs BYTES    request size (default 4096 for randread, 1 MiB for seqwrite)
 //!   --buffered    without O_DIRECT
-//!   --poll        the io_uring device polls for completions (`DeviceOptions::poll`)
+//!   --poll        poll for completions instead of sleeping (`DeviceOptions::poll`; for
+//!                 raw-uring, the loop enters the kernel without waiting, as fio does)
 //!   --sync        one request at a time from the main thread (submit and wait), for latency
 //! ```
 //!
@@ -26,8 +27,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use iomap_dev::{
-    BlockDevice, BufRange, DevAddr, DeviceOptions, DeviceRequest, FileDevice, IoBuf, SharedBuf,
-    UringDevice,
+    open_device, BlockDevice, BufRange, DevAddr, DeviceKind, DeviceOptions, DeviceRequest, IoBuf,
+    SharedBuf,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -160,23 +161,21 @@ fn main() -> ExitCode {
     if args.device == "raw-uring" {
         return raw_uring(&args);
     }
-    let dev: Arc<dyn BlockDevice> = match args.device.as_str() {
-        "uring" => match UringDevice::open(&args.file, opts) {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
-                eprintln!("devices bench: {e}");
-                return ExitCode::FAILURE;
+    let dev = match args.device.parse::<DeviceKind>() {
+        Ok(kind @ (DeviceKind::File | DeviceKind::Uring)) => {
+            match open_device(kind, &args.file, &opts) {
+                Ok(dev) => dev,
+                Err(e) => {
+                    eprintln!("devices bench: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
-        "file" => match FileDevice::open(&args.file, opts) {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
-                eprintln!("devices bench: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        other => {
-            eprintln!("devices bench: DEVICE must be uring or file, not {other}");
+        }
+        _ => {
+            eprintln!(
+                "devices bench: DEVICE must be uring, file or raw-uring, not {}",
+                args.device
+            );
             return ExitCode::from(2);
         }
     };
@@ -309,7 +308,21 @@ fn raw_uring(args: &Args) -> ExitCode {
     let mut requests = 0u64;
     let mut done = Vec::with_capacity(args.depth);
     while start.elapsed().as_secs_f64() < args.secs {
-        if let Err(e) = ring.submit_and_wait(1) {
+        let waited = if args.poll {
+            // As fio does: enter without waiting (which runs the deferred completion work)
+            // until a completion shows up.
+            loop {
+                let n = ring.submission().len() as u32;
+                // SAFETY: no argument structure; 1 is IORING_ENTER_GETEVENTS.
+                let res = unsafe { ring.submitter().enter::<libc::sigset_t>(n, 0, 1, None) };
+                if res.is_err() || !ring.completion().is_empty() {
+                    break res;
+                }
+            }
+        } else {
+            ring.submit_and_wait(1)
+        };
+        if let Err(e) = waited {
             if e.raw_os_error() != Some(libc::EINTR) {
                 eprintln!("devices bench: {e}");
                 return ExitCode::FAILURE;
