@@ -114,11 +114,7 @@ impl Backing {
             Some(lbs) => lbs,
             None => offset_align.max(512),
         };
-        if !lbs.is_power_of_two() || !(512..=65536).contains(&lbs) {
-            return Err(invalid(format!(
-                "logical block size {lbs} is not a power of two in 512..=65536"
-            )));
-        }
+        check_logical_block_size(lbs)?;
         if lbs % offset_align != 0 {
             return Err(invalid(format!(
                 "logical block size {lbs} is not a multiple of the {offset_align}-byte alignment \
@@ -149,6 +145,16 @@ impl Backing {
             "write to a device opened read-only",
         )
     }
+}
+
+/// A logical block size every device accepts: a power of two from 512 to 65536.
+pub(crate) fn check_logical_block_size(lbs: u32) -> io::Result<()> {
+    if lbs.is_power_of_two() && (512..=65536).contains(&lbs) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "logical block size {lbs} is not a power of two in 512..=65536"
+    )))
 }
 
 fn invalid(msg: String) -> io::Error {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::backing::DeviceOptions;
+use crate::backing::{check_logical_block_size, DeviceOptions};
 use crate::file::FileDevice;
 use crate::mem::MemDevice;
 use crate::request::DevAddr;
@@ -81,12 +81,7 @@ fn load_into_memory(path: &Path, opts: &DeviceOptions) -> io::Result<MemDevice> 
     let mut file = std::fs::File::open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
     let lbs = opts.logical_block_size.unwrap_or(512);
-    if !lbs.is_power_of_two() || !(512..=65536).contains(&lbs) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("logical block size {lbs} is not a power of two in 512..=65536"),
-        ));
-    }
+    check_logical_block_size(lbs)?;
     let len = file.metadata()?.len();
     let capacity = len - len % u64::from(lbs);
     let max = opts.max_request_bytes.max(u64::from(lbs)) / u64::from(lbs) * u64::from(lbs);
