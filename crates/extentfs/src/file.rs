@@ -276,17 +276,15 @@ impl FileWb {
                         Ok(Some(Iomap::mapped(off, run * bs, dev(p))))
                     }
                     found => {
-                        // Delalloc (reserved) or, defensively, a hole under dirty data.
-                        let (run, reserved) = match found {
-                            Some((_, l, _)) => (l.min(n), true),
-                            None => (hole_run(&f.map, b, n), false),
+                        // Delalloc (reserved) or, defensively, a hole under dirty data. The
+                        // op gives back the reservation of the delalloc it replaces.
+                        let run = match found {
+                            Some((_, l, _)) => l.min(n),
+                            None => hole_run(&f.map, b, n),
                         };
                         let Some((p, got)) = st.meta.free.alloc(run, hint) else {
                             return Ok(None);
                         };
-                        if reserved {
-                            t.st.reserved = t.st.reserved.saturating_sub(got);
-                        }
                         t.op(Op::Map {
                             ino: self.ino,
                             lblk: b,
