@@ -456,3 +456,110 @@ impl WritebackOps for FileWb {
         self.shared.commit().map_err(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use iomap::{IomapKind, IomapOps, IterFlags, WriteSource};
+    use iomap_dev::{BlockDevice, MemDevice};
+
+    use crate::fs::{mkfs, ExtentFs, MkfsOptions, MountOptions};
+    use crate::meta::ROOT_INO;
+
+    fn fs() -> Arc<ExtentFs> {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+        mkfs(Arc::clone(&dev), &MkfsOptions::default()).unwrap();
+        let opts = MountOptions {
+            commit_interval: None,
+            ..MountOptions::default()
+        };
+        ExtentFs::mount(dev, opts).unwrap()
+    }
+
+    #[test]
+    fn r7_every_extent_map_change_makes_a_handed_out_mapping_stale() {
+        let fs = fs();
+        let ino = fs.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+        fs.write(ino, 0, &vec![1u8; 64 << 10]).unwrap();
+        let node = fs.node(ino).unwrap();
+        let delalloc = node.map.begin(0, 4096, IterFlags::empty()).unwrap().iomap;
+        assert_eq!(delalloc.kind, IomapKind::Delalloc);
+        assert!(node.map.valid(&delalloc));
+        // Writeback allocates: delalloc becomes unwritten, then written.
+        fs.syncfs().unwrap();
+        assert!(!node.map.valid(&delalloc));
+        let mapped = node.map.begin(0, 4096, IterFlags::empty()).unwrap().iomap;
+        assert_eq!(mapped.kind, IomapKind::Mapped);
+        assert!(node.map.valid(&mapped));
+        // Punching a hole elsewhere in the file changes the map too.
+        fs.fallocate(
+            ino,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            32 << 10,
+            4096,
+        )
+        .unwrap();
+        assert!(!node.map.valid(&mapped));
+        // Reading changes nothing.
+        let again = node.map.begin(0, 4096, IterFlags::empty()).unwrap().iomap;
+        let mut buf = [0u8; 4096];
+        fs.read(ino, 0, &mut buf).unwrap();
+        assert!(node.map.valid(&again));
+    }
+
+    /// Delivers `limit` bytes, then fails.
+    struct Failing {
+        limit: usize,
+        given: usize,
+    }
+
+    impl WriteSource for Failing {
+        fn copy_to(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
+            let n = dst.len().min(self.limit - self.given);
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            dst[..n].fill(4);
+            self.given += n;
+            Ok(n)
+        }
+
+        fn unread(&mut self, bytes: &[u8]) {
+            self.given -= bytes.len();
+        }
+    }
+
+    #[test]
+    fn r9_a_short_write_gives_back_only_reservations_under_clean_cache() {
+        let fs = fs();
+        let ino = fs.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+        fs.write(ino, 0, &[0u8; 4096]).unwrap(); // past the inline limit from the start
+        fs.write(ino, 8192, &vec![0u8; 4096]).unwrap();
+        let node = fs.node(ino).unwrap();
+        let reserved = || fs.shared.state.lock().reserved;
+        let before = reserved();
+        // A 64 KiB write into blocks 4..20 that copies only 5000 bytes: blocks 4 and 5 are
+        // dirty (block 5 partly, but it is new so the whole block counts), the rest clean.
+        let mut src = Failing {
+            limit: 5000,
+            given: 0,
+        };
+        let res = iomap::buffered_write(&node.mapping, &*node.map, 16384, 65536, &mut src);
+        assert_eq!(res.unwrap(), 5000, "the write reports what it copied");
+        let kept = reserved() - before;
+        assert!(
+            kept >= 1 && kept <= 2,
+            "kept {kept} blocks reserved for 5000 written bytes"
+        );
+        let f = fs.shared.state.lock();
+        let file = f.meta.inode(ino).unwrap().file().unwrap();
+        assert!(file.map.lookup(4).is_some());
+        assert!(
+            file.map.lookup(7).is_none(),
+            "a clean block kept its reservation"
+        );
+    }
+}
