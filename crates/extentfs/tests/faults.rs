@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use extentfs::format::{Superblock, LOG_OFFSET};
 use extentfs::{fsck, mkfs, ExtentFs, MkfsOptions, MountOptions, ROOT_INO};
-use iomap_dev::{BlockDevice, BlockDeviceExt, DevAddr, FaultDevice, FaultRule, MemDevice, Op};
+use iomap_dev::{BlockDeviceExt, DevAddr, FaultDevice, FaultRule, MemDevice, Op};
 
 const DEV_BYTES: u64 = 32 << 20;
 
