@@ -33,3 +33,65 @@ fn smoke() {
     assert_eq!(fs.read(s.ino, 0, &mut b).unwrap(), 5);
     assert_eq!(&b[..5], b"hello");
 }
+
+#[test]
+fn every_block_size_from_512_bytes_to_64_kib_formats_mounts_and_checks_clean() {
+    for bs in [512u32, 1024, 2048, 4096, 16384, 65536] {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
+        mkfs(
+            Arc::clone(&dev),
+            &MkfsOptions {
+                block_size: bs,
+                log_blocks: None,
+            },
+        )
+        .unwrap();
+        let fs = ExtentFs::mount(Arc::clone(&dev), MountOptions::default()).unwrap();
+        assert_eq!(fs.block_size(), bs);
+        let d = fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+        let small = fs.create(d, b"small", 0o644, 0, 0).unwrap().ino;
+        fs.write(small, 0, b"tiny").unwrap();
+        let big = fs.create(d, b"big", 0o644, 0, 0).unwrap().ino;
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 253) as u8).collect();
+        fs.write(big, 12345, &data).unwrap();
+        fs.unmount().unwrap();
+        drop(fs);
+        let report = extentfs::fsck::fsck(Arc::clone(&dev), false);
+        assert!(report.is_clean(), "block size {bs}: {:?}", report.problems);
+        let fs = ExtentFs::mount(Arc::clone(&dev), MountOptions::default()).unwrap();
+        let d = fs.lookup(ROOT_INO, b"d").unwrap().ino;
+        let st = fs.lookup(d, b"big").unwrap();
+        assert_eq!(st.size, 12345 + data.len() as u64);
+        let mut back = vec![0u8; st.size as usize];
+        fs.read(st.ino, 0, &mut back).unwrap();
+        assert!(
+            back[..12345].iter().all(|&b| b == 0),
+            "block size {bs}: the gap is not zero"
+        );
+        assert!(back[12345..] == data[..], "block size {bs}: data differs");
+        let s = fs.lookup(d, b"small").unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(fs.read(s.ino, 0, &mut b).unwrap(), 4);
+        assert_eq!(&b[..4], b"tiny");
+    }
+}
+
+#[test]
+fn bad_geometry_is_refused_with_a_reason() {
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
+    for bs in [0u32, 256, 3000, 131072] {
+        let err = mkfs(
+            Arc::clone(&dev),
+            &MkfsOptions {
+                block_size: bs,
+                log_blocks: None,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "block size {bs}: {err}");
+        assert!(err.to_string().contains("block size"), "{err}");
+    }
+    let tiny: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(256 << 10));
+    let err = mkfs(tiny, &MkfsOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("needs at least"), "{err}");
+}
