@@ -95,3 +95,79 @@ fn bad_geometry_is_refused_with_a_reason() {
     let err = mkfs(tiny, &MkfsOptions::default()).unwrap_err();
     assert!(err.to_string().contains("needs at least"), "{err}");
 }
+
+#[test]
+fn the_periodic_commit_makes_changes_durable_without_fsync() {
+    use iomap_dev::{CrashDevice, Pending};
+    use std::time::{Duration, Instant};
+    let mem = Arc::new(MemDevice::new(16 << 20));
+    mkfs(mem.clone(), &MkfsOptions::default()).unwrap();
+    let crash = Arc::new(CrashDevice::new(mem).unwrap());
+    let opts = MountOptions {
+        commit_interval: Some(Duration::from_millis(20)),
+        ..MountOptions::default()
+    };
+    let fs = ExtentFs::mount(crash.clone(), opts).unwrap();
+    let before = crash.events();
+    fs.create(ROOT_INO, b"later", 0o644, 0, 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let image: Arc<dyn BlockDevice> =
+            Arc::new(crash.image_at(crash.events(), &Pending::None).unwrap());
+        let ro = MountOptions {
+            read_only: true,
+            commit_interval: None,
+            ..MountOptions::default()
+        };
+        let seen = ExtentFs::mount(image, ro)
+            .unwrap()
+            .lookup(ROOT_INO, b"later")
+            .is_ok();
+        if seen || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        found,
+        "no commit within 20 s ({} device events)",
+        crash.events() - before
+    );
+    fs.abandon();
+}
+
+#[test]
+fn a_read_only_mount_replays_in_memory_and_writes_nothing() {
+    use iomap_dev::CrashDevice;
+    let mem = Arc::new(MemDevice::new(16 << 20));
+    mkfs(mem.clone(), &MkfsOptions::default()).unwrap();
+    let opts = MountOptions {
+        commit_interval: None,
+        ..MountOptions::default()
+    };
+    let fs = ExtentFs::mount(mem.clone(), opts.clone()).unwrap();
+    let f = fs.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap().ino;
+    fs.write(f, 0, b"committed but not checkpointed").unwrap();
+    fs.syncfs().unwrap();
+    fs.abandon();
+    drop(fs);
+    let crash = Arc::new(CrashDevice::new(mem).unwrap());
+    let ro = MountOptions {
+        read_only: true,
+        ..opts
+    };
+    let fs = ExtentFs::mount(crash.clone(), ro).unwrap();
+    assert!(fs.replayed().records > 0);
+    let st = fs.lookup(ROOT_INO, b"f").unwrap();
+    let mut b = vec![0u8; st.size as usize];
+    fs.read(st.ino, 0, &mut b).unwrap();
+    assert_eq!(b, b"committed but not checkpointed");
+    assert_eq!(
+        fs.create(ROOT_INO, b"g", 0o644, 0, 0).unwrap_err().errno(),
+        libc::EROFS
+    );
+    assert_eq!(fs.write(st.ino, 0, b"x").unwrap_err().errno(), libc::EROFS);
+    assert_eq!(fs.truncate(st.ino, 0).unwrap_err().errno(), libc::EROFS);
+    fs.unmount().unwrap();
+    assert_eq!(crash.events(), 0, "a read-only mount wrote to the device");
+}
