@@ -165,7 +165,7 @@ impl Superblock {
                 self.total_blocks
             ));
         }
-        if self.log_start * bs != LOG_OFFSET.max(2 * bs) {
+        if self.log_start.checked_mul(bs) != Some(LOG_OFFSET.max(2 * bs)) {
             return Err(format!("log at block {}", self.log_start));
         }
         if self.log_blocks < 2
