@@ -274,7 +274,7 @@ pub fn encode_checkpoint_blocks(
 ) -> Vec<Vec<u8>> {
     let per = block_size - HDR_LEN;
     let mut out = Vec::with_capacity(blocks.len());
-    for (i, &b) in blocks.iter().enumerate() {
+    for i in 0..blocks.len() {
         let chunk = body
             .get(i * per..((i + 1) * per).min(body.len()))
             .unwrap_or(&[]);
@@ -290,7 +290,6 @@ pub fn encode_checkpoint_blocks(
         e.0.resize(block_size, 0);
         let crc = crc_with_hole(&e.0, 4);
         e.0[4..8].copy_from_slice(&crc.to_le_bytes());
-        let _ = b;
         out.push(e.0);
     }
     out
@@ -346,12 +345,7 @@ pub fn encode_checkpoint(meta: &Meta, ckpt_blocks: &[(u64, u64)]) -> Vec<u8> {
     e.u32(meta.inodes.len() as u32);
     for (&ino, inode) in &meta.inodes {
         e.u64(ino);
-        let mut attr = inode.attr;
-        if let Body::File(f) = &inode.body {
-            if let Some(inline) = &f.inline {
-                attr.size = attr.size.min(inline.read().len() as u64).max(attr.size);
-            }
-        }
+        let attr = inode.attr;
         attr_encode(&attr, &mut e);
         e.u32(inode.xattrs.len() as u32);
         for (k, v) in &inode.xattrs {
@@ -363,8 +357,12 @@ pub fn encode_checkpoint(meta: &Meta, ckpt_blocks: &[(u64, u64)]) -> Vec<u8> {
                 e.u8(1);
                 match &f.inline {
                     Some(inline) => {
+                        // The engine copies into inline data before the write logs it, so
+                        // store exactly the logged size: a write not yet logged is not here.
+                        let mut data = inline.read().clone();
+                        data.resize(attr.size.min(INLINE_MAX as u64) as usize, 0);
                         e.u8(1);
-                        e.bytes(&inline.read());
+                        e.bytes(&data);
                     }
                     None => {
                         e.u8(0);
@@ -473,7 +471,7 @@ pub fn decode_checkpoint(
     let mut d = Dec::new(body, "checkpoint");
     let mut meta = Meta::new(sb.block_size, sb.data_start, sb.total_blocks);
     let bs = u64::from(sb.block_size);
-    let max_blocks = u64::MAX / bs;
+    let max_blocks = crate::fs::max_file_size(bs) / bs;
     meta.next_ino = d.u64()?;
     let n = d.count(8 + Attr::LEN, "inodes")?;
     for _ in 0..n {
@@ -495,7 +493,8 @@ pub fn decode_checkpoint(
             (1, FileType::File) => {
                 let mut f = FileData::default();
                 if d.u8()? != 0 {
-                    let data = d.bytes(INLINE_MAX, "inline data")?;
+                    let max = INLINE_MAX.min(sb.block_size as usize);
+                    let data = d.bytes(max, "inline data")?;
                     f.inline = Some(Arc::new(RwLock::new(data)));
                 } else {
                     let ne = d.count(25, "extents")?;
@@ -584,6 +583,22 @@ pub fn decode_checkpoint(
         };
         d.structure = "checkpoint";
         meta.inodes.insert(ino, Inode { attr, xattrs, body });
+    }
+    for (&dir, inode) in &meta.inodes {
+        let Body::Dir { entries, .. } = &inode.body else {
+            continue;
+        };
+        for (name, de) in entries {
+            let found = meta.inodes.get(&de.ino).map(|i| i.attr.kind);
+            if found != Some(de.kind) || de.ino == ROOT_INO {
+                return Err(d.err(format!(
+                    "directory {dir} entry {:?} names inode {} as {:?}, but it is {found:?}",
+                    String::from_utf8_lossy(name),
+                    de.ino,
+                    de.kind
+                )));
+            }
+        }
     }
     let links: Vec<(Ino, Ino)> = meta
         .inodes

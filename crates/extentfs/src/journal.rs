@@ -391,8 +391,28 @@ pub(crate) fn read_superblock(dev: &dyn BlockDevice) -> Result<Superblock> {
             }
         }
     }
+    if let Some(e @ Error::Version { .. }) = first_err {
+        // A newer format wrote at least one copy: never fall back to an older one.
+        return Err(e);
+    }
     match (best, first_err) {
         (Some(sb), Some(e)) => {
+            // One copy is damaged. A crash while writing the newer copy leaves the older one
+            // and its log intact, so falling back is right; but if the log already holds
+            // records of the next generation, the damaged copy was in use and the older one
+            // would roll the filesystem back onto blocks since reused.
+            let mut first = vec![0u8; sb.block_size as usize];
+            dev.read_at(DevAddr(sb.log_start * u64::from(sb.block_size)), &mut first)?;
+            if format::log_header(&first, &sb.uuid, sb.generation + 1).is_some() {
+                return Err(Error::corrupt(
+                    "superblock",
+                    format!(
+                        "the newer copy is damaged ({e}) and the log shows it was in use; \
+                         the older copy (generation {}) would roll back to stale metadata",
+                        sb.generation
+                    ),
+                ));
+            }
             warn!(
                 "using superblock generation {}; the other copy: {e}",
                 sb.generation
@@ -405,10 +425,10 @@ pub(crate) fn read_superblock(dev: &dyn BlockDevice) -> Result<Superblock> {
     }
 }
 
-/// Reads the checkpoint `sb` names: its body and the blocks it occupies.
 /// A checkpoint's body and the block runs it occupies.
 pub(crate) type CheckpointImage = (Vec<u8>, Vec<(u64, u64)>);
 
+/// Reads the checkpoint `sb` names: its body and the blocks it occupies.
 pub(crate) fn read_checkpoint(dev: &dyn BlockDevice, sb: &Superblock) -> Result<CheckpointImage> {
     let bs = sb.block_size as usize;
     let mut body = Vec::with_capacity(sb.ckpt_bytes as usize);

@@ -662,3 +662,20 @@ fn sweep_metadata_bytes() {
     }
     eprintln!("sweep took {:?}", started.elapsed());
 }
+
+#[test]
+fn a_damaged_newer_superblock_whose_log_was_in_use_is_refused_not_rolled_back() {
+    // The second session committed log records under the newest checkpoint: falling back to
+    // the older copy would mount metadata whose freed blocks may have been reused since.
+    let img = build(4096);
+    let (cur, sb) = current_sb(&img.bytes);
+    assert!(!records(&img.bytes, &sb).is_empty());
+    let mut b = img.bytes.clone();
+    flip(&mut b, SB_OFFSETS[cur] as usize + 60);
+    let err = mount(&b)
+        .err()
+        .expect("mounted an older superblock over a used log");
+    assert_eq!(corrupt_structure(&err), "superblock");
+    assert!(err.to_string().contains("roll back"), "{err}");
+    assert_eq!(err.errno(), libc::EUCLEAN);
+}
