@@ -320,7 +320,11 @@ impl WritebackOps for FileWb {
     ) -> EResult<u64> {
         let inline = {
             let mut st = self.shared.state.lock();
-            file(&mut st, self.ino)?.inline.is_some()
+            match file(&mut st, self.ino) {
+                Ok(f) => f.inline.is_some(),
+                // Freed while its cache was being written back: the data has no home.
+                Err(_) => return Ok(len),
+            }
         };
         if inline {
             // Inline data is written with the metadata.
@@ -404,6 +408,9 @@ impl WritebackOps for FileWb {
             return Ok(());
         }
         let size = mapping.size();
+        if !self.shared.state.lock().meta.inodes.contains_key(&self.ino) {
+            return Ok(());
+        }
         self.shared
             .txn(|t| {
                 let f = file(&mut t.st, self.ino)?;

@@ -333,10 +333,10 @@ impl ExtentFs {
 
     /// The engine state of regular file `ino`, created on first use.
     pub(crate) fn node(&self, ino: Ino) -> Result<Arc<Node>> {
-        let mut nodes = self.nodes.lock();
-        if let Some(n) = nodes.get(&ino) {
+        if let Some(n) = self.nodes.lock().get(&ino) {
             return Ok(Arc::clone(n));
         }
+        // The state lock is never taken inside the nodes lock: transactions look nodes up.
         let size = {
             let st = self.shared.state.lock();
             let inode = st.meta.inode(ino)?;
@@ -369,8 +369,8 @@ impl ExtentFs {
             io: RwLock::new(()),
             opens: AtomicU32::new(0),
         });
-        nodes.insert(ino, Arc::clone(&node));
-        Ok(node)
+        let mut nodes = self.nodes.lock();
+        Ok(Arc::clone(nodes.entry(ino).or_insert(node)))
     }
 }
 

@@ -371,37 +371,44 @@ impl ExtentFs {
             touch_dir(t, parent, now, 0)?;
             self.drop_link(t, de.ino, now)
         })?;
-        self.forget(freed);
-        Ok(())
+        self.forget(freed)
     }
 
-    /// Drops one link of `ino`; frees it when none remain and it is not open. Returns the
-    /// inode if it was freed.
+    /// Drops one link of `ino`. Returns the inode when no link remains: the caller frees it
+    /// with [`Self::forget`] once the transaction is done.
     fn drop_link(&self, t: &mut Txn<'_>, ino: Ino, now: Time) -> Result<Option<Ino>> {
         let mut attr = t.meta().inode(ino)?.attr;
         attr.nlink = attr
             .nlink
             .saturating_sub(if attr.kind == FileType::Dir { 2 } else { 1 });
         attr.ctime = now;
-        let open = self
-            .nodes
-            .lock()
-            .get(&ino)
-            .is_some_and(|n| n.opens.load(Ordering::Acquire) > 0);
-        if attr.nlink == 0 && !open {
-            t.op(Op::Free { ino })?;
-            return Ok(Some(ino));
-        }
         t.op(Op::SetAttr { ino, attr })?;
-        Ok(None)
+        Ok((attr.nlink == 0).then_some(ino))
     }
 
-    fn forget(&self, freed: Option<Ino>) {
-        if let Some(ino) = freed {
-            if let Some(node) = self.nodes.lock().remove(&ino) {
-                node.mapping.truncate_to(0);
+    /// Frees an inode that lost its last link, unless it is open (then its last close does).
+    /// Its cached data is dropped first, waiting for writeback in flight, so that no write
+    /// can still land in its blocks once they are free. A crash before the free leaves an
+    /// inode without links, which the next mount frees.
+    fn forget(&self, unlinked: Option<Ino>) -> Result<()> {
+        let Some(ino) = unlinked else {
+            return Ok(());
+        };
+        let node = self.nodes.lock().get(&ino).cloned();
+        if let Some(node) = &node {
+            if node.opens.load(Ordering::Acquire) > 0 {
+                return Ok(());
             }
+            let _io = node.io.write();
+            let _inval = node.mapping.invalidate_lock().write();
+            node.mapping.truncate_to(0);
         }
+        self.shared.txn(|t| match t.meta().inodes.get(&ino) {
+            Some(i) if i.attr.nlink == 0 => t.op(Op::Free { ino }),
+            _ => Ok(()),
+        })?;
+        self.nodes.lock().remove(&ino);
+        Ok(())
     }
 
     /// Removes the empty directory `name` from `parent`.
@@ -558,8 +565,7 @@ impl ExtentFs {
             })?;
             Ok(freed)
         })?;
-        self.forget(freed);
-        Ok(())
+        self.forget(freed)
     }
 
     /// Entries of directory `ino` after `offset` (0: from the start, with "." and "..").
@@ -758,10 +764,7 @@ impl ExtentFs {
                     .is_some_and(|i| i.attr.nlink == 0)
             };
             if orphan && !self.shared.read_only {
-                let _io = fh.node.io.write();
-                fh.node.mapping.truncate_to(0);
-                self.shared.txn(|t| t.op(Op::Free { ino: fh.ino }))?;
-                self.nodes.lock().remove(&fh.ino);
+                self.forget(Some(fh.ino))?;
             }
         }
         res
