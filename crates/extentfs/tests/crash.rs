@@ -290,7 +290,7 @@ fn samples() -> usize {
     std::env::var("EXTENTFS_CRASH_SAMPLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600)
+        .unwrap_or(2000)
 }
 
 #[test]
