@@ -1062,11 +1062,7 @@ impl ExtentFs {
             if !collapse && size.checked_add(len).is_none_or(|s| s > max) {
                 return Err(Error::FileTooBig(max));
             }
-            iomap::write_and_wait_range(m, &node.wb, offset, u64::MAX)?;
-            {
-                let _inval = m.invalidate_lock().write();
-                m.truncate_range(offset, u64::MAX);
-            }
+            drop_cached(&node, offset, u64::MAX)?;
             let (b, n) = (offset / bs, len / bs);
             let new_size = if collapse { size - len } else { size + len };
             self.shared.txn(|t| {
@@ -1224,7 +1220,12 @@ impl ExtentFs {
         let bs = self.shared.bs;
         let tail_ok = len % bs == 0 || (soff + len == ssize && doff + len >= dsize);
         let overlap = src == dst && soff < doff + len && doff < soff + len;
-        if soff % bs == 0 && doff % bs == 0 && tail_ok && !overlap {
+        if overlap {
+            return Err(Error::Invalid(
+                "copy_file_range within one file must not overlap".into(),
+            ));
+        }
+        if soff % bs == 0 && doff % bs == 0 && tail_ok {
             match self.clone_range(src, soff, dst, doff, len) {
                 Ok(()) => return Ok(len),
                 Err(Error::NoSpace | Error::Unsupported(_)) => {}
@@ -1256,6 +1257,9 @@ impl ExtentFs {
         let bs = self.shared.bs;
         let sn = self.node(src)?;
         let dn = self.node(dst)?;
+        if len == 0 {
+            return Ok(());
+        }
         let ssize = sn.mapping.size();
         if soff % bs != 0 || doff % bs != 0 || (len % bs != 0 && soff + len != ssize) {
             return Err(Error::Invalid(format!(
@@ -1274,6 +1278,12 @@ impl ExtentFs {
             .ok_or(Error::FileTooBig(max))?;
         if src == dst && soff < dend && doff < soff + len {
             return Err(Error::Invalid("clone ranges overlap".into()));
+        }
+        if len % bs != 0 && dend < dn.mapping.size() {
+            // The whole last block is shared, so the range must end the destination too.
+            return Err(Error::Invalid(
+                "an unaligned clone must end at the end of both files".into(),
+            ));
         }
         let _g1;
         let _g2;
@@ -1294,12 +1304,8 @@ impl ExtentFs {
         }
         let nblocks = len.div_ceil(bs);
         iomap::write_and_wait_range(&sn.mapping, &sn.wb, soff, soff + nblocks * bs)?;
-        iomap::write_and_wait_range(&dn.mapping, &dn.wb, doff, doff + nblocks * bs)?;
         let dsize = dn.mapping.size();
-        {
-            let _inval = dn.mapping.invalidate_lock().write();
-            dn.mapping.truncate_range(doff, doff + nblocks * bs);
-        }
+        drop_cached(&dn, doff, doff + nblocks * bs)?;
         let (sb, db) = (soff / bs, doff / bs);
         let now = Time::now();
         self.shared.txn(|t| {
@@ -1414,6 +1420,22 @@ impl ExtentFs {
         iomap::file_unshare(&node.mapping, &*node.map, pos, len)?;
         Ok(())
     }
+}
+
+/// Writes back and drops every cached folio that overlaps `[start, end)`, whole: for
+/// operations that move or replace extents under the cache (collapse, insert, clone), where
+/// a folio kept because it straddles the range would hold data from before the move.
+fn drop_cached(node: &Node, start: u64, end: u64) -> Result<()> {
+    let m = &node.mapping;
+    let align = m.max_folio_size() as u64;
+    let (s, e) = (
+        start / align * align,
+        end.div_ceil(align).saturating_mul(align),
+    );
+    iomap::write_and_wait_range(m, &node.wb, s, e)?;
+    let _inval = m.invalidate_lock().write();
+    m.truncate_range(s, e);
+    Ok(())
 }
 
 /// Updates a directory's times and link count (`dlink`: subdirectories added or removed).
