@@ -171,8 +171,8 @@ impl Harness {
     }
 
     fn relookup(&mut self) {
-        for i in 0..2 {
-            self.inos[i] = self.fs.lookup(ROOT_INO, NAMES[i]).unwrap().ino;
+        for (ino, name) in self.inos.iter_mut().zip(NAMES) {
+            *ino = self.fs.lookup(ROOT_INO, name).unwrap().ino;
         }
     }
 
