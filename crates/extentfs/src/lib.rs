@@ -19,9 +19,11 @@ mod journal;
 pub mod meta;
 mod ops;
 pub mod rangemap;
+mod usage;
 
 pub use error::{Error, Result};
 pub use fs::{max_file_size, mkfs, ExtentFs, MkfsOptions, MountOptions};
 pub use journal::ReplayStats;
 pub use meta::{FileType, Ino, Time, ROOT_INO};
 pub use ops::{DirEntry, FileHandle, SetAttr, Stat, StatFs, Whence};
+pub use usage::CacheUsage;
