@@ -13,10 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = args.next().unwrap_or_else(|| "throughput.img".into());
     let mib: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1024);
     let bytes = mib << 20;
-    let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
     f.set_len(bytes * 2 + (256 << 20))?;
     drop(f);
-    let dev = open_device(DeviceKind::File, std::path::Path::new(&path), &DeviceOptions::default())?;
+    let dev = open_device(
+        DeviceKind::File,
+        std::path::Path::new(&path),
+        &DeviceOptions::default(),
+    )?;
     mkfs(Arc::clone(&dev), &MkfsOptions::default())?;
     let fs = ExtentFs::mount(Arc::clone(&dev), MountOptions::default())?;
     let ino = fs.create(ROOT_INO, b"f", 0o644, 0, 0)?.ino;
@@ -33,7 +42,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         use std::os::unix::fs::FileExt;
         let raw = format!("{path}.raw");
-        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&raw)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&raw)?;
         let t = Instant::now();
         for i in 0..mib {
             f.write_all_at(&chunk, i << 20)?;
@@ -86,5 +100,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn report(what: &str, bytes: u64, t: Instant) {
     let s = t.elapsed().as_secs_f64();
-    println!("{what:32} {:8.1} MiB/s  {:8.0} ops/s(4K)", bytes as f64 / s / 1048576.0, bytes as f64 / 4096.0 / s);
+    println!(
+        "{what:32} {:8.1} MiB/s  {:8.0} ops/s(4K)",
+        bytes as f64 / s / 1048576.0,
+        bytes as f64 / 4096.0 / s
+    );
 }
