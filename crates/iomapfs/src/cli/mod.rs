@@ -1,0 +1,183 @@
+//! The command line: what each subcommand takes, and running it.
+
+mod fsck;
+mod mkfs;
+mod mount;
+mod stats;
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::image::DeviceChoice;
+use crate::size::parse_size;
+
+/// Mount extentfs images through FUSE, with every byte going through a userspace rebuild of
+/// Linux's iomap buffered-I/O engine.
+#[derive(Debug, Parser)]
+#[command(name = "iomapfs", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount an image (created and formatted if missing) and serve it until unmounted.
+    Mount(MountArgs),
+    /// Format an image (created sparse if missing).
+    Mkfs(MkfsArgs),
+    /// Check an image; exits as e2fsck does (0 clean, 1 repaired, 4 errors left, 8 could not
+    /// check).
+    Fsck(FsckArgs),
+    /// Show a running mount's cache, request and error statistics.
+    Stats(StatsArgs),
+}
+
+/// `iomapfs mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The image file or block device.
+    #[arg(default_value = "iomapfs.img")]
+    pub image: PathBuf,
+    /// Where to mount it (created if missing).
+    #[arg(default_value = "mnt")]
+    pub mountpoint: PathBuf,
+    /// The device that serves the image.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Size of a new image (K, M, G, T suffixes).
+    #[arg(long, value_parser = parse_size, default_value = "8G")]
+    pub size: u64,
+    /// Block size of a new image: a power of two from 512 to 65536.
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// Most file data to keep cached [default: a quarter of RAM].
+    #[arg(long, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Most dirty data before writers wait for writeback; background writeback starts at
+    /// half of it [default: a fifth of the cache size].
+    #[arg(long, value_parser = parse_size)]
+    pub dirty_limit: Option<u64>,
+    /// Seconds after which dirty data is written back.
+    #[arg(long, default_value_t = 30)]
+    pub dirty_expire: u64,
+    /// Mount read-only: nothing is written to the image, not even log recovery.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Threads serving kernel requests.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// Let other users than the one mounting use the mount (as root, or with
+    /// `user_allow_other` in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+/// `iomapfs mkfs`.
+#[derive(Debug, Args)]
+pub struct MkfsArgs {
+    /// The image file (created if missing) or block device.
+    pub image: PathBuf,
+    /// Size of a new image [default: 8G]; an existing file is resized to it.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Block size: a power of two from 512 to 65536.
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// Format over an existing extentfs.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `iomapfs fsck`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// The image file or block device (not while it is mounted).
+    pub image: PathBuf,
+    /// Fix what is safe to fix.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// `iomapfs stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// A mount served by `iomapfs mount`.
+    #[arg(default_value = "mnt")]
+    pub mountpoint: PathBuf,
+    /// Print the daemon's JSON document as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What went wrong, in words.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A system call or file failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The filesystem refused.
+    #[error("{context}: {source}")]
+    Fs {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: extentfs::Error,
+    },
+    /// The arguments cannot work.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    fn fs(context: impl Into<String>) -> impl FnOnce(extentfs::Error) -> CliError {
+        let context = context.into();
+        move |source| CliError::Fs { context, source }
+    }
+}
+
+/// Runs the subcommand; its exit status.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Mount(a) => mount::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Mkfs(a) => mkfs::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Fsck(a) => fsck::run(a),
+        Command::Stats(a) => stats::run(a).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mount_defaults_to_the_image_and_mountpoint_in_this_directory() {
+        let cli = Cli::try_parse_from(["iomapfs", "mount"]).expect("parses");
+        let Command::Mount(a) = cli.command else {
+            panic!("not mount");
+        };
+        assert_eq!(a.image, PathBuf::from("iomapfs.img"));
+        assert_eq!(a.mountpoint, PathBuf::from("mnt"));
+        assert_eq!(a.size, 8 << 30);
+        assert_eq!(a.device, DeviceChoice::Auto);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_a_reason() {
+        let err = Cli::try_parse_from(["iomapfs", "mount", "--cache-size", "12Q"]).unwrap_err();
+        assert!(err.to_string().contains("unknown unit"), "{err}");
+        let err = Cli::try_parse_from(["iomapfs", "mount", "--device", "nvme"]).unwrap_err();
+        assert!(err.to_string().contains("nvme"), "{err}");
+        let err = Cli::try_parse_from(["iomapfs", "mount", "--threads", "0"]).unwrap_err();
+        assert!(err.to_string().contains('0'), "{err}");
+    }
+}

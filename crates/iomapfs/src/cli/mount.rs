@@ -1,0 +1,246 @@
+//! `iomapfs mount`: the daemon. It makes the image if there is none, mounts it, serves the
+//! kernel's requests on several threads until the mount goes away (`umount`, Ctrl-C,
+//! SIGTERM), then writes everything back and marks the image clean.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use extentfs::{ExtentFs, MountOptions};
+use fuser::{Config, MountOption, Session, SessionACL};
+use indicatif::{ProgressBar, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{info, warn};
+
+use super::{CliError, MountArgs};
+use crate::flusher::{Flusher, Limits};
+use crate::fuse::FuseFs;
+use crate::image::{create_sparse, LockedImage};
+use crate::size::human;
+use crate::stats::StatsSource;
+
+pub fn run(a: MountArgs) -> Result<(), CliError> {
+    let image = open_or_create(&a)?;
+    let mountpoint = prepare_mountpoint(&a.mountpoint)?;
+    let (dev, kind) = image.open_device(a.device, a.read_only)?;
+    let opts = MountOptions {
+        read_only: a.read_only,
+        ..MountOptions::default()
+    };
+    let fs = ExtentFs::mount(dev, opts)
+        .map_err(CliError::fs(format!("cannot mount {}", a.image.display())))?;
+    if !fs.was_clean() {
+        let r = fs.replayed();
+        info!(
+            "{} was not unmounted cleanly; recovered from its log: {r:?}",
+            a.image.display()
+        );
+    }
+
+    let cache = a.cache_size.unwrap_or_else(default_cache_size);
+    let limits = Limits::new(
+        cache,
+        a.dirty_limit.unwrap_or(cache / 5),
+        Duration::from_secs(a.dirty_expire),
+    );
+    let flusher = Flusher::start(Arc::clone(&fs), limits)?;
+    let stats = Arc::new(StatsSource {
+        image: std::fs::canonicalize(&a.image).unwrap_or_else(|_| a.image.clone()),
+        device: kind,
+        started: Instant::now(),
+    });
+    let served = FuseFs::new(Arc::clone(&fs), Arc::clone(&flusher), stats);
+
+    let mut session = Session::new(served, &mountpoint, &fuse_config(&a, &image))
+        .map_err(|e| mount_error(&mountpoint, e))?;
+    info!(
+        "mounted {} at {} ({kind} device, {}-byte blocks, cache {}, dirty limit {}); \
+         unmount with `umount {}` or Ctrl-C",
+        a.image.display(),
+        mountpoint.display(),
+        fs.block_size(),
+        human(limits.cache_bytes),
+        human(limits.dirty_bytes),
+        mountpoint.display()
+    );
+
+    let mut unmounter = session.unmount_callable();
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let signal_handle = signals.handle();
+    let mnt = mountpoint.clone();
+    let signal_thread = std::thread::Builder::new()
+        .name("iomapfs-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!("signal {sig}: unmounting {}", mnt.display());
+                if let Err(e) = unmounter.unmount() {
+                    warn!(
+                        "unmount of {} failed ({e}); detaching it lazily",
+                        mnt.display()
+                    );
+                    if let Err(e) = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH) {
+                        warn!("cannot detach {}: {e}", mnt.display());
+                    }
+                }
+            }
+        })?;
+
+    let served = session.run();
+    signal_handle.close();
+    if signal_thread.join().is_err() {
+        warn!("the signal thread panicked");
+    }
+    if let Err(e) = served {
+        warn!("the FUSE session ended with an error: {e}");
+    }
+    flusher.stop();
+    finish(&fs, &a.image)
+}
+
+/// Locks the image, making and formatting it first if it does not exist.
+fn open_or_create(a: &MountArgs) -> Result<LockedImage, CliError> {
+    if a.image.exists() {
+        return Ok(LockedImage::lock(&a.image)?);
+    }
+    if a.read_only {
+        return Err(CliError::Usage(format!(
+            "{} does not exist, and a read-only mount cannot create it",
+            a.image.display()
+        )));
+    }
+    create_sparse(&a.image, a.size)?;
+    let image = LockedImage::lock(&a.image)?;
+    if let Err(e) = super::mkfs::format(&image, a.block_size) {
+        drop(image);
+        let _ = std::fs::remove_file(&a.image);
+        return Err(e);
+    }
+    Ok(image)
+}
+
+/// Creates the mountpoint if missing, and clears a mount left behind by a daemon that died
+/// (the kernel then answers every access with ENOTCONN).
+fn prepare_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(CliError::Usage(format!(
+                "mountpoint {} is not a directory",
+                path.display()
+            )))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(
+                "{} is a mount whose daemon died; detaching it",
+                path.display()
+            );
+            nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                io::Error::other(format!(
+                    "{} is a dead mount and cannot be detached ({e}); run `umount -l {}`",
+                    path.display(),
+                    path.display()
+                ))
+            })?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create mountpoint {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot use mountpoint {}: {e}", path.display()),
+            )
+            .into())
+        }
+    }
+    Ok(std::fs::canonicalize(path)?)
+}
+
+fn fuse_config(a: &MountArgs, image: &LockedImage) -> Config {
+    let mut options = vec![
+        MountOption::FSName(image.path().display().to_string()),
+        MountOption::Subtype("iomapfs".into()),
+        // The kernel checks permissions against the modes and owners we report.
+        MountOption::DefaultPermissions,
+    ];
+    if a.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if a.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(usize::from(a.threads));
+    config.clone_fd = true;
+    config
+}
+
+/// Turns a failed mount into advice: the usual cause for a user is a missing fusermount3.
+fn mount_error(mountpoint: &Path, e: io::Error) -> CliError {
+    let root = nix::unistd::geteuid().is_root();
+    let advice = if !root && e.kind() == io::ErrorKind::NotFound {
+        "; mounting as a user needs fusermount3: install the fuse3 package \
+         (apt-get install fuse3), or run as root"
+    } else if e.raw_os_error() == Some(libc::ENOENT) || !Path::new("/dev/fuse").exists() {
+        "; is the fuse module loaded (modprobe fuse) and /dev/fuse present?"
+    } else {
+        ""
+    };
+    CliError::Io(io::Error::new(
+        e.kind(),
+        format!("cannot mount at {}: {e}{advice}", mountpoint.display()),
+    ))
+}
+
+/// A quarter of the machine's memory, or 1 GiB if it cannot be read.
+fn default_cache_size() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kib| kib * 1024 / 4)
+}
+
+/// Writes everything back and checkpoints, showing how much dirty data is left.
+fn finish(fs: &Arc<ExtentFs>, image: &Path) -> Result<(), CliError> {
+    let dirty = fs.cache_usage().dirty_bytes;
+    let bar = ProgressBar::new(dirty).with_message(format!("writing back {}", image.display()));
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+    {
+        bar.set_style(style);
+    }
+    let worker = {
+        let fs = Arc::clone(fs);
+        std::thread::spawn(move || fs.unmount())
+    };
+    while !worker.is_finished() {
+        bar.set_position(dirty.saturating_sub(fs.cache_usage().dirty_bytes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+    match worker.join() {
+        Ok(Ok(())) => {
+            info!("{} unmounted cleanly", image.display());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(CliError::Fs {
+            context: format!("writing back {} at unmount failed", image.display()),
+            source: e,
+        }),
+        Err(_) => Err(CliError::Usage("the unmount thread panicked".into())),
+    }
+}
