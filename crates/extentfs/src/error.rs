@@ -80,6 +80,9 @@ pub enum Error {
     /// Not supported by this filesystem.
     #[error("operation not supported: {0}")]
     Unsupported(&'static str),
+    /// Not permitted on this kind of file (POSIX's EPERM).
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
     /// The filesystem stopped accepting changes after an unrecoverable error.
     #[error("filesystem shut down after an earlier error")]
     Shutdown,
@@ -110,6 +113,7 @@ impl Error {
             Error::NoAttr => libc::ENODATA,
             Error::AttrTooBig { .. } => libc::E2BIG,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
+            Error::NotPermitted(_) => libc::EPERM,
             Error::Shutdown => libc::EIO,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

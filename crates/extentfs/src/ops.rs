@@ -329,7 +329,7 @@ impl ExtentFs {
         self.shared.txn(|t| {
             let mut attr = t.meta().inode(ino)?.attr;
             if attr.kind == FileType::Dir {
-                return Err(Error::Unsupported("hard links to directories"));
+                return Err(Error::NotPermitted("hard links to directories"));
             }
             if dir_entry(t, newparent, newname)?.is_some() {
                 return Err(Error::Exists);
@@ -472,8 +472,18 @@ impl ExtentFs {
             let now = Time::now();
             if exchange {
                 let dst = dst.ok_or(Error::NotFound)?;
+                if dst.ino == src.ino {
+                    // A name exchanged with itself, or with another link to its inode.
+                    return Ok(None);
+                }
                 if dst.kind == FileType::Dir && is_ancestor(t, dst.ino, parent)? {
                     return Err(Error::Invalid("cannot move a directory into itself".into()));
+                }
+                if parent != newparent {
+                    let d =
+                        i32::from(src.kind == FileType::Dir) - i32::from(dst.kind == FileType::Dir);
+                    room_for_links(t, newparent, d)?;
+                    room_for_links(t, parent, -d)?;
                 }
                 t.op(Op::DirRemove {
                     dir: parent,
@@ -529,6 +539,10 @@ impl ExtentFs {
                     }
                     (false, false) => {}
                 }
+            } else if parent != newparent && src.kind == FileType::Dir {
+                room_for_links(t, newparent, 1)?;
+            }
+            if let Some(dst) = dst {
                 t.op(Op::DirRemove {
                     dir: newparent,
                     name: newname.to_vec(),
@@ -975,7 +989,9 @@ impl ExtentFs {
             let tail = old / bs * bs;
             iomap::write_and_wait_range(m, &node.wb, tail, old.div_ceil(bs) * bs)?;
             m.set_size(size);
-        } else if size < old {
+        } else {
+            // Shrinking, or the same size: either way blocks past the new end (preallocated
+            // past EOF with KEEP_SIZE) are freed, as truncate does on Linux.
             iomap::truncate_page(m, &*node.map, size)?;
             let tail = size / bs * bs;
             iomap::write_and_wait_range(m, &node.wb, tail, size.div_ceil(bs) * bs)?;
@@ -985,7 +1001,7 @@ impl ExtentFs {
         let first = size.div_ceil(bs);
         self.shared.txn(|t| {
             let mut a = t.meta().inode(ino)?.attr;
-            if size < old {
+            if size <= old {
                 t.op(Op::Map {
                     ino,
                     lblk: first,
@@ -1448,6 +1464,16 @@ fn touch_dir(t: &mut Txn<'_>, dir: Ino, now: Time, dlink: i32) -> Result<()> {
         return Err(Error::TooManyLinks(LINK_MAX));
     }
     t.op(Op::SetAttr { ino: dir, attr: a })
+}
+
+/// Fails with EMLINK if directory `dir` cannot take `gain` more links: checked before a
+/// transaction's first op, as [`touch_dir`] fails only after earlier ops have applied.
+fn room_for_links(t: &Txn<'_>, dir: Ino, gain: i32) -> Result<()> {
+    let nlink = t.meta().inode(dir)?.attr.nlink;
+    if gain > 0 && nlink.saturating_add_signed(gain) > LINK_MAX {
+        return Err(Error::TooManyLinks(LINK_MAX));
+    }
+    Ok(())
 }
 
 /// Whether `ancestor` is `ino` or one of its parents.
