@@ -784,9 +784,10 @@ impl ExtentFs {
         res
     }
 
-    /// Reports a writeback error this handle has not seen yet, once (close-time `flush`).
+    /// Reports a writeback error this handle has not seen yet (close-time `flush`), without
+    /// marking it seen: every close of the open file reports it until an fsync does.
     pub fn flush(&self, fh: &FileHandle) -> Result<()> {
-        fh.open.check_and_advance().map_err(Error::from)
+        fh.open.check().map_err(Error::from)
     }
 
     /// Reads at `pos` into `buf`; returns the bytes read (short at end of file).

@@ -525,6 +525,29 @@ fn r19_errseq_each_handle_sees_each_error_once_and_syncfs_reports_per_filesystem
 }
 
 #[test]
+fn r19_close_reports_an_unseen_error_without_consuming_it() {
+    let fs = TestFs::new(4096, 4096);
+    let d = fs.map_blocks(0, 1, |_| 0);
+    let a = fs.open();
+    let b = fs.open();
+    fs.write(0, b"x").unwrap();
+    fs.fault()
+        .add_rule(FaultRule::range(Op::Write, d * 4096, (d + 1) * 4096, 5));
+    write_and_wait_range(&fs.mapping, &fs.wb, 0, u64::MAX).unwrap();
+    wait_idle(&fs);
+    // Every close of a file that has not fsynced since the error reports it...
+    assert_eq!(a.check().unwrap_err().errno(), 5);
+    assert_eq!(a.check().unwrap_err().errno(), 5);
+    // ...and the error still reaches its fsync, once.
+    assert_eq!(fs.fsync(&a).unwrap_err().errno(), 5);
+    assert!(a.check().is_ok(), "seen by fsync: close has nothing new");
+    assert!(fs.fsync(&a).is_ok());
+    // Another file's view is its own.
+    assert_eq!(b.check().unwrap_err().errno(), 5);
+    assert_eq!(fs.fsync(&b).unwrap_err().errno(), 5);
+}
+
+#[test]
 fn stable_pages_a_write_waits_for_writeback_of_its_folio() {
     let fs = TestFs::new(4096, 4096);
     fs.map_blocks(0, 1, |_| 0);

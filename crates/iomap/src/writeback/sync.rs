@@ -94,6 +94,17 @@ impl OpenFile {
         }
     }
 
+    /// Reports a writeback error recorded since this file last saw one, without marking it
+    /// seen (the kernel's `filemap_check_wb_err`): what `close` reports, so that an error
+    /// surfacing at one close of a shared open file still reaches its fsync.
+    pub fn check(&self) -> Result<()> {
+        let since = self.since.lock().0;
+        match self.mapping.errseq().check(since) {
+            Some(errno) => Err(Error::from_errno(errno)),
+            None => Ok(()),
+        }
+    }
+
     /// fsync (`datasync == false`) or fdatasync of `[start, end)`: write back and wait, flush
     /// the device, commit the filesystem's metadata, and report an error since this file last
     /// saw one. Writeback and flush failures are recorded in the error sequence, so they reach
