@@ -96,6 +96,7 @@ mod tests {
                 libc::E2BIG,
             ),
             (F::Unsupported("fallocate mode"), libc::EOPNOTSUPP),
+            (F::NotPermitted("a hard link to a directory"), libc::EPERM),
             (F::Shutdown, libc::EIO),
             (
                 F::Io(io::Error::from_raw_os_error(libc::ENOSPC)),

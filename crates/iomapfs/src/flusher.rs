@@ -35,7 +35,7 @@ impl Limits {
     /// Limits for a cache of `cache_bytes` with `dirty_bytes` of dirty data at most: background
     /// writeback from half the dirty limit, as the kernel's 10% / 20% ratios.
     pub fn new(cache_bytes: u64, dirty_bytes: u64, dirty_expire: Duration) -> Self {
-        let dirty_bytes = dirty_bytes.min(cache_bytes).max(1 << 20);
+        let dirty_bytes = dirty_bytes.min(cache_bytes).max(64 << 10);
         Self {
             cache_bytes,
             dirty_bytes,

@@ -74,6 +74,9 @@ pub struct MountArgs {
     /// `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
+    /// For tests of error reporting: every device write to the data area fails with EIO.
+    #[arg(long, hide = true)]
+    pub fail_data_writes: bool,
 }
 
 /// `iomapfs mkfs`.

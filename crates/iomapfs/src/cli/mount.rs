@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+
+use extentfs::format::{Superblock, SB_LEN};
 use extentfs::{ExtentFs, MountOptions};
 use fuser::{Config, MountOption, Session, SessionACL};
 use indicatif::{ProgressBar, ProgressStyle};
+use iomap_dev::{BlockDevice, FaultDevice, FaultRule, Op as FaultOp};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
@@ -24,7 +28,13 @@ use crate::stats::StatsSource;
 pub fn run(a: MountArgs) -> Result<(), CliError> {
     let image = open_or_create(&a)?;
     let mountpoint = prepare_mountpoint(&a.mountpoint)?;
-    let (dev, kind) = image.open_device(a.device, a.read_only)?;
+    let (mut dev, kind) = image.open_device(a.device, a.read_only)?;
+    let mut faulty = None;
+    if a.fail_data_writes {
+        let f = Arc::new(FaultDevice::new(dev));
+        dev = Arc::clone(&f) as Arc<dyn BlockDevice>;
+        faulty = Some(f);
+    }
     let opts = MountOptions {
         read_only: a.read_only,
         ..MountOptions::default()
@@ -37,6 +47,10 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
             "{} was not unmounted cleanly; recovered from its log: {r:?}",
             a.image.display()
         );
+    }
+
+    if let Some(f) = faulty {
+        fail_data_writes(&f, &a.image)?;
     }
 
     let cache = a.cache_size.unwrap_or_else(default_cache_size);
@@ -99,6 +113,19 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
     finish(&fs, &a.image)
 }
 
+/// Makes every write to the image's data area fail with EIO from now on, while the
+/// superblocks and the metadata log stay writable.
+fn fail_data_writes(dev: &FaultDevice<Arc<dyn BlockDevice>>, image: &Path) -> Result<(), CliError> {
+    let mut sb = vec![0u8; SB_LEN];
+    std::fs::File::open(image)?.read_exact(&mut sb)?;
+    let sb = Superblock::decode(&sb, dev.capacity_bytes())
+        .map_err(CliError::fs(format!("cannot read {}", image.display())))?;
+    let start = sb.data_start * u64::from(sb.block_size);
+    warn!("every write at or past byte {start} of the image will fail with EIO");
+    dev.add_rule(FaultRule::range(FaultOp::Write, start, u64::MAX, libc::EIO));
+    Ok(())
+}
+
 /// Locks the image, making and formatting it first if it does not exist.
 fn open_or_create(a: &MountArgs) -> Result<LockedImage, CliError> {
     if a.image.exists() {
@@ -123,6 +150,21 @@ fn open_or_create(a: &MountArgs) -> Result<LockedImage, CliError> {
 /// Creates the mountpoint if missing, and clears a mount left behind by a daemon that died
 /// (the kernel then answers every access with ENOTCONN).
 fn prepare_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
+    // statfs always asks the filesystem; stat of a dead mount's root may be answered from
+    // attributes the kernel still caches.
+    if let Err(nix::errno::Errno::ENOTCONN) = nix::sys::statfs::statfs(path) {
+        warn!(
+            "{} is a mount whose daemon died; detaching it",
+            path.display()
+        );
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            io::Error::other(format!(
+                "{} is a dead mount and cannot be detached ({e}); run `umount -l {}`",
+                path.display(),
+                path.display()
+            ))
+        })?;
+    }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -130,19 +172,6 @@ fn prepare_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
                 "mountpoint {} is not a directory",
                 path.display()
             )))
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(
-                "{} is a mount whose daemon died; detaching it",
-                path.display()
-            );
-            nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
-                io::Error::other(format!(
-                    "{} is a dead mount and cannot be detached ({e}); run `umount -l {}`",
-                    path.display(),
-                    path.display()
-                ))
-            })?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(path).map_err(|e| {

@@ -323,11 +323,11 @@ impl fuser::Filesystem for FuseFs {
     ) {
         match self.fs.write(ino.0, offset, data) {
             Ok(n) => {
-                reply.written(n as u32);
-                // Throttle after answering: the writer's next request waits, not this one's
-                // reply, so a write never blocks while holding the kernel's inode lock for
-                // longer than the copy.
+                // The writer waits here, inside its write call, while dirty data is over the
+                // limit (as the kernel's writers wait in balance_dirty_pages); no filesystem
+                // lock is held meanwhile.
                 self.flusher.wrote(ino.0, n as u64);
+                reply.written(n as u32);
             }
             Err(e) => reply.error(fs_errno(&e)),
         }
@@ -437,8 +437,10 @@ impl fuser::Filesystem for FuseFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
+        // statfs counts inodes as a total and the free ones; extentfs reports those in use.
+        let files = s.files.saturating_add(s.ffree);
         reply.statfs(
-            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            s.blocks, s.bfree, s.bavail, files, s.ffree, s.bsize, s.namelen, s.bsize,
         );
     }
 
