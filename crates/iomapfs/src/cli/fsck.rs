@@ -8,9 +8,19 @@ use indicatif::ProgressBar;
 use super::{CliError, FsckArgs};
 use crate::image::{DeviceChoice, LockedImage};
 
+/// e2fsck's status for a check that could not be done at all.
+const OPERATIONAL_ERROR: u8 = 8;
+
 pub fn run(a: FsckArgs) -> Result<ExitCode, CliError> {
-    let image = LockedImage::lock(&a.image)?;
-    let (dev, _) = image.open_device(DeviceChoice::File, !a.repair)?;
+    let opened = LockedImage::lock(&a.image)
+        .and_then(|image| Ok((image.open_device(DeviceChoice::File, !a.repair)?, image)));
+    let ((dev, _), _image) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("iomapfs: {e}");
+            return Ok(ExitCode::from(OPERATIONAL_ERROR));
+        }
+    };
     let spinner = ProgressBar::new_spinner().with_message(format!(
         "checking {}{}",
         a.image.display(),
