@@ -74,6 +74,8 @@ struct State {
     kick: bool,
     /// The last pass left the cache over a limit with writeback under way: look again soon.
     soon: bool,
+    /// When a pass last measured the cache.
+    measured: Option<Instant>,
     stop: bool,
 }
 
@@ -96,6 +98,8 @@ pub struct Flusher {
 const TICK: Duration = Duration::from_millis(500);
 /// How soon it looks again while writeback it started is still freeing memory.
 const SOON: Duration = Duration::from_millis(10);
+/// How often the estimates are corrected by measuring when no limit is near.
+const MEASURE_EVERY: Duration = Duration::from_secs(5);
 
 impl Flusher {
     /// Starts the flusher for `fs`.
@@ -209,23 +213,35 @@ impl Shared {
     }
 
     /// One look at the cache: expired files first, then oldest files until dirty data is
-    /// under the background threshold, then clean data past the cache size.
+    /// under the background threshold, then clean data past the cache size. Measuring the
+    /// cache walks every folio, so a pass measures only when the writers' estimates cross a
+    /// limit, or every few seconds to correct them.
     fn pass(&self) {
         self.stats.passes.fetch_add(1, Ordering::Relaxed);
-        let usage = self.fs.cache_usage();
+        let (over, due) = {
+            let st = self.state.lock();
+            (
+                st.dirty_estimate > self.limits.dirty_background_bytes
+                    || st.cached_estimate > self.limits.cache_bytes,
+                st.measured.is_none_or(|t| t.elapsed() >= MEASURE_EVERY),
+            )
+        };
+        let usage = (over || due).then(|| self.fs.cache_usage());
         let now = Instant::now();
         let mut oldest: Vec<(Instant, Ino)> = {
             let st = self.state.lock();
             st.dirtied.iter().map(|(&ino, &t)| (t, ino)).collect()
         };
         oldest.sort_unstable();
-        let mut dirty = usage.dirty_bytes;
+        let mut dirty = usage.map_or(0, |u| u.dirty_bytes);
+        let mut acted = false;
         for (at, ino) in oldest {
             let expired = now.duration_since(at) >= self.limits.dirty_expire;
             let over = dirty > self.limits.dirty_background_bytes;
             if !expired && !over {
                 break;
             }
+            acted = true;
             self.state.lock().dirtied.remove(&ino);
             let counter = if expired {
                 &self.stats.expired_files
@@ -241,8 +257,12 @@ impl Shared {
                 }
             }
         }
+        let Some(usage) = usage else {
+            return;
+        };
         if dirty > self.limits.dirty_background_bytes {
             // Dirty data the writers did not account (copies, zeroing): any file will do.
+            acted = true;
             let excess = dirty - self.limits.dirty_background_bytes / 2;
             if let Err(e) = self.fs.writeback_background(excess) {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -251,14 +271,16 @@ impl Shared {
         }
         if usage.cached_bytes > self.limits.cache_bytes {
             // Drop down to 90% so that a cache at its limit is not trimmed on every pass.
+            acted = true;
             let want = usage.cached_bytes - self.limits.cache_bytes / 10 * 9;
             let freed = self.fs.release_clean(want);
             self.stats
                 .reclaimed_bytes
                 .fetch_add(freed, Ordering::Relaxed);
         }
-        let after: CacheUsage = self.fs.cache_usage();
+        let after: CacheUsage = if acted { self.fs.cache_usage() } else { usage };
         let mut st = self.state.lock();
+        st.measured = Some(Instant::now());
         // Data under writeback still holds memory and counts as dirty until it completes.
         st.dirty_estimate = after.dirty_bytes + after.writeback_bytes;
         st.cached_estimate = after.cached_bytes;

@@ -151,3 +151,24 @@ fn a_read_only_mount_refuses_changes_and_leaves_the_image_untouched() {
     assert!(!st.success());
     assert!(out.contains("read-only mount cannot create it"), "{out}");
 }
+
+#[test]
+fn a_user_without_fusermount3_is_told_what_to_install() {
+    use std::os::unix::fs::PermissionsExt;
+    common::require_fuse();
+    let dir = scratch("user");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::bin())
+        .arg("mount")
+        .arg(dir.join("img"))
+        .arg(dir.join("mnt"))
+        .args(["--device", "file", "--size", "64M"])
+        .env("FUSERMOUNT_PATH", "/nonexistent/fusermount3")
+        .output()
+        .expect("setpriv runs the daemon as nobody");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("install the fuse3 package"), "{text}");
+}

@@ -75,6 +75,16 @@ fn files_directories_links_and_attributes_behave_as_on_a_local_filesystem() {
     );
     assert_eq!(fs::read(d.path("x/link")).unwrap(), b"hello, world");
 
+    // Special files.
+    nix::unistd::mkfifo(
+        &d.path("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let m = fs::symlink_metadata(d.path("fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    assert_eq!(m.mode() & 0o7777, 0o600);
+
     // Rename: plain, over an existing file, NOREPLACE refused, EXCHANGE swaps.
     fs::write(d.path("b"), b"bee").unwrap();
     fs::rename(d.path("b"), d.path("c")).unwrap();

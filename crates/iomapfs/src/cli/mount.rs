@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::{CliError, MountArgs};
 use crate::flusher::{Flusher, Limits};
-use crate::fuse::FuseFs;
+use crate::fuse::{fusermount, FuseFs};
 use crate::image::{create_sparse, LockedImage};
 use crate::size::human;
 use crate::stats::StatsSource;
@@ -67,20 +67,41 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
     });
     let served = FuseFs::new(Arc::clone(&fs), Arc::clone(&flusher), stats);
 
-    let mut session = Session::new(served, &mountpoint, &fuse_config(&a, &image))
-        .map_err(|e| mount_error(&mountpoint, e))?;
+    let mut config = fuse_config(&a);
+    let root = nix::unistd::geteuid().is_root();
+    let (session, unmount_cmd) = if root {
+        // As root fuser mounts with mount(2) itself.
+        config
+            .mount_options
+            .push(MountOption::FSName(image.path().display().to_string()));
+        let mut session =
+            Session::new(served, &mountpoint, &config).map_err(|e| mount_error(&mountpoint, e))?;
+        let mut unmounter = session.unmount_callable();
+        let unmount: Unmount = Box::new(move || unmounter.unmount());
+        (session, unmount)
+    } else {
+        let options = fusermount_options(&a, &image);
+        let fd =
+            fusermount::mount(&mountpoint, &options).map_err(|e| mount_error(&mountpoint, e))?;
+        let session = Session::from_fd(served, fd, config.acl, config)
+            .map_err(|e| mount_error(&mountpoint, e))?;
+        let mnt = mountpoint.clone();
+        let unmount: Unmount = Box::new(move || fusermount::unmount(&mnt));
+        (session, unmount)
+    };
     info!(
         "mounted {} at {} ({kind} device, {}-byte blocks, cache {}, dirty limit {}); \
-         unmount with `umount {}` or Ctrl-C",
+         unmount with `{} {}` or Ctrl-C",
         a.image.display(),
         mountpoint.display(),
         fs.block_size(),
         human(limits.cache_bytes),
         human(limits.dirty_bytes),
+        if root { "umount" } else { "fusermount3 -u" },
         mountpoint.display()
     );
 
-    let mut unmounter = session.unmount_callable();
+    let mut unmounter = unmount_cmd;
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let signal_handle = signals.handle();
     let mnt = mountpoint.clone();
@@ -89,7 +110,7 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 info!("signal {sig}: unmounting {}", mnt.display());
-                if let Err(e) = unmounter.unmount() {
+                if let Err(e) = unmounter() {
                     warn!(
                         "unmount of {} failed ({e}); detaching it lazily",
                         mnt.display()
@@ -192,9 +213,12 @@ fn prepare_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
     Ok(std::fs::canonicalize(path)?)
 }
 
-fn fuse_config(a: &MountArgs, image: &LockedImage) -> Config {
+/// Unmounts the mount being served.
+type Unmount = Box<dyn FnMut() -> io::Result<()> + Send>;
+
+/// The session's configuration; as root the mount options go to mount(2) through fuser.
+fn fuse_config(a: &MountArgs) -> Config {
     let mut options = vec![
-        MountOption::FSName(image.path().display().to_string()),
         MountOption::Subtype("iomapfs".into()),
         // The kernel checks permissions against the modes and owners we report.
         MountOption::DefaultPermissions,
@@ -214,13 +238,24 @@ fn fuse_config(a: &MountArgs, image: &LockedImage) -> Config {
     config
 }
 
+/// The same options as fusermount3 takes them.
+fn fusermount_options(a: &MountArgs, image: &LockedImage) -> String {
+    let mut o = format!(
+        "fsname={},subtype=iomapfs,default_permissions",
+        fusermount::escape(&image.path().display().to_string())
+    );
+    if a.read_only {
+        o.push_str(",ro");
+    }
+    if a.allow_other {
+        o.push_str(",allow_other");
+    }
+    o
+}
+
 /// Turns a failed mount into advice: the usual cause for a user is a missing fusermount3.
 fn mount_error(mountpoint: &Path, e: io::Error) -> CliError {
-    let root = nix::unistd::geteuid().is_root();
-    let advice = if !root && e.kind() == io::ErrorKind::NotFound {
-        "; mounting as a user needs fusermount3: install the fuse3 package \
-         (apt-get install fuse3), or run as root"
-    } else if e.raw_os_error() == Some(libc::ENOENT) || !Path::new("/dev/fuse").exists() {
+    let advice = if !Path::new("/dev/fuse").exists() {
         "; is the fuse module loaded (modprobe fuse) and /dev/fuse present?"
     } else {
         ""

@@ -2,6 +2,7 @@
 
 mod attr;
 mod fs;
+pub mod fusermount;
 mod handles;
 
 pub use fs::FuseFs;
