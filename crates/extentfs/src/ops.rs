@@ -585,6 +585,12 @@ impl ExtentFs {
     /// Entries of directory `ino` after `offset` (0: from the start, with "." and "..").
     /// Offsets stay valid while entries come and go.
     pub fn readdir(&self, ino: Ino, offset: u64) -> Result<Vec<DirEntry>> {
+        self.readdir_page(ino, offset, usize::MAX)
+    }
+
+    /// At most `max` entries of directory `ino` after `offset`, as [`Self::readdir`]: a
+    /// caller that sends them a page at a time copies only what it sends.
+    pub fn readdir_page(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
         let st = self.shared.state.lock();
         let Body::Dir {
             entries,
@@ -613,6 +619,9 @@ impl ExtentFs {
             });
         }
         for (&cookie, name) in order.range(offset.max(2) + 1..) {
+            if out.len() >= max {
+                break;
+            }
             if let Some(de) = entries.get(name) {
                 out.push(DirEntry {
                     ino: de.ino,

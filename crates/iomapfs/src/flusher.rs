@@ -194,8 +194,21 @@ impl Drop for Flusher {
     }
 }
 
+/// Marks the flusher stopped when its thread ends, however it ends: a writer must never wait
+/// for a flusher that is gone.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock();
+        st.stop = true;
+        self.0.progress.notify_all();
+    }
+}
+
 impl Shared {
     fn run(&self) {
+        let _stopped = Stopped(self);
         loop {
             {
                 let mut st = self.state.lock();

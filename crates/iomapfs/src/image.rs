@@ -66,9 +66,11 @@ impl LockedImage {
         &self,
         choice: DeviceChoice,
         read_only: bool,
+        direct: bool,
     ) -> io::Result<(Arc<dyn BlockDevice>, DeviceKind)> {
         let opts = DeviceOptions {
             read_only,
+            direct,
             ..DeviceOptions::default()
         };
         let open = |kind| {

@@ -252,6 +252,8 @@ fn fallocate_copy_file_range_and_seek_data_reach_the_filesystem() {
     f.sync_all().unwrap();
     assert_eq!(lseek(&f, 0, Whence::SeekHole).unwrap(), 64 << 10);
     assert_eq!(lseek(&f, 64 << 10, Whence::SeekData).unwrap(), 192 << 10);
+    assert_eq!(lseek(&f, 1 << 20, Whence::SeekData), Err(Errno::ENXIO));
+    assert_eq!(lseek(&f, 1 << 20, Whence::SeekHole), Err(Errno::ENXIO));
     // Zero a range.
     fallocate(&f, F::FALLOC_FL_ZERO_RANGE, 300_000, 5_000).unwrap();
     model[300_000..305_000].fill(0);
@@ -404,5 +406,87 @@ fn direct_io_opens_are_served_too() {
     assert_eq!(n, 1 << 20);
     assert!(buf == data);
     drop(f);
+    d.unmount();
+}
+
+#[test]
+fn readdir_lists_a_large_directory_once_while_entries_come_and_go() {
+    let dir = scratch("readdir");
+    let d = Daemon::start(&dir, &[]);
+    fs::create_dir(d.path("big")).unwrap();
+    let name = |i: usize| format!("entry-with-a-longer-name-{i:05}");
+    for i in 0..2000 {
+        File::create(d.path(&format!("big/{}", name(i)))).unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    let mut removed = BTreeSet::new();
+    for (n, e) in fs::read_dir(d.path("big")).unwrap().enumerate() {
+        let e = e.unwrap().file_name().into_string().unwrap();
+        assert!(seen.insert(e.clone()), "{e} listed twice");
+        if n == 500 {
+            // Midway: remove entries not listed yet, add new ones.
+            for i in (1500..2000).step_by(5) {
+                fs::remove_file(d.path(&format!("big/{}", name(i)))).unwrap();
+                removed.insert(name(i));
+            }
+            for i in 2000..2050 {
+                File::create(d.path(&format!("big/{}", name(i)))).unwrap();
+            }
+        }
+    }
+    // Every entry there from start to end is listed once; removed ones are not.
+    for i in 0..2000 {
+        if !removed.contains(&name(i)) {
+            assert!(seen.contains(&name(i)), "{} missing", name(i));
+        }
+    }
+    assert!(
+        removed.iter().all(|r| !seen.contains(r)),
+        "a removed entry was listed"
+    );
+    assert_eq!(
+        fs::read_dir(d.path("big")).unwrap().count(),
+        2000 - 100 + 50
+    );
+    d.unmount();
+}
+
+#[test]
+fn an_unprivileged_writer_clears_setuid_and_setgid_and_new_entries_inherit_a_setgid_group() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = scratch("suid");
+    let d = Daemon::start(&dir, &["--allow-other"]);
+    let f = d.path("prog");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    // Root keeps the bits: it may.
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"# root\n")
+        .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o6777);
+    // Anyone else's write takes them away.
+    let st = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c", "printf x >> \"$0\"", f.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o0777);
+    assert!(fs::read(&f).unwrap().ends_with(b"x"));
+
+    // A setgid directory hands its group to new entries, and its bit to new directories.
+    let shared = d.path("shared");
+    fs::create_dir(&shared).unwrap();
+    chown(&shared, None, Some(1234)).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(shared.join("file"), b"").unwrap();
+    fs::create_dir(shared.join("sub")).unwrap();
+    assert_eq!(fs::metadata(shared.join("file")).unwrap().gid(), 1234);
+    let sub = fs::metadata(shared.join("sub")).unwrap();
+    assert_eq!(sub.gid(), 1234);
+    assert_ne!(sub.mode() & libc::S_ISGID, 0, "{:o}", sub.mode());
     d.unmount();
 }

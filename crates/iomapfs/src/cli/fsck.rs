@@ -12,8 +12,12 @@ use crate::image::{DeviceChoice, LockedImage};
 const OPERATIONAL_ERROR: u8 = 8;
 
 pub fn run(a: FsckArgs) -> Result<ExitCode, CliError> {
-    let opened = LockedImage::lock(&a.image)
-        .and_then(|image| Ok((image.open_device(DeviceChoice::File, !a.repair)?, image)));
+    let opened = LockedImage::lock(&a.image).and_then(|image| {
+        Ok((
+            image.open_device(DeviceChoice::File, !a.repair, false)?,
+            image,
+        ))
+    });
     let ((dev, _), _image) = match opened {
         Ok(v) => v,
         Err(e) => {

@@ -20,24 +20,51 @@ pub fn run(a: MkfsArgs) -> Result<(), CliError> {
     if !exists {
         create_sparse(&a.image, a.size.unwrap_or(DEFAULT_IMAGE_SIZE))?;
     }
-    let image = LockedImage::lock(&a.image)?;
-    if exists {
-        if !a.force && holds_extentfs(&a.image)? {
-            return Err(CliError::Usage(format!(
-                "{} already holds an extentfs; pass --force to format over it",
-                a.image.display()
-            )));
+    let made = (|| {
+        let image = LockedImage::lock(&a.image)?;
+        if exists {
+            if !a.force {
+                refuse_unless_blank(&a.image)?;
+            }
+            if let Some(size) = a.size {
+                resize(&a.image, size)?;
+            }
         }
-        if let Some(size) = a.size {
-            resize(&a.image, size)?;
-        }
+        format(&image, a.block_size)
+    })();
+    if made.is_err() && !exists {
+        let _ = std::fs::remove_file(&a.image);
     }
-    format(&image, a.block_size)
+    made
+}
+
+/// What formatting over `path` would destroy, unless it is blank: extentfs or anything else.
+fn refuse_unless_blank(path: &Path) -> Result<(), CliError> {
+    let what = if holds_extentfs(path)? {
+        "already holds an extentfs"
+    } else if !starts_blank(path)? {
+        "is not empty (its first MiB holds data)"
+    } else {
+        return Ok(());
+    };
+    Err(CliError::Usage(format!(
+        "{} {what}; pass --force to format over it",
+        path.display()
+    )))
+}
+
+/// Whether the first MiB of `path` (or all of it, if shorter) is zeros.
+fn starts_blank(path: &Path) -> io::Result<bool> {
+    let mut head = Vec::with_capacity(1 << 20);
+    std::fs::File::open(path)?
+        .take(1 << 20)
+        .read_to_end(&mut head)?;
+    Ok(head.iter().all(|&b| b == 0))
 }
 
 /// Formats a locked image with `block_size`.
 pub fn format(image: &LockedImage, block_size: u32) -> Result<(), CliError> {
-    let (dev, _) = image.open_device(DeviceChoice::File, false)?;
+    let (dev, _) = image.open_device(DeviceChoice::File, false, false)?;
     let size = dev.capacity_bytes();
     let opts = MkfsOptions {
         block_size,

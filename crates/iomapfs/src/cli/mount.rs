@@ -28,7 +28,7 @@ use crate::stats::StatsSource;
 pub fn run(a: MountArgs) -> Result<(), CliError> {
     let image = open_or_create(&a)?;
     let mountpoint = prepare_mountpoint(&a.mountpoint)?;
-    let (mut dev, kind) = image.open_device(a.device, a.read_only)?;
+    let (mut dev, kind) = image.open_device(a.device, a.read_only, a.direct)?;
     let mut faulty = None;
     if a.fail_data_writes {
         let f = Arc::new(FaultDevice::new(dev));
@@ -54,6 +54,13 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
     }
 
     let cache = a.cache_size.unwrap_or_else(default_cache_size);
+    if cache < MIN_CACHE {
+        return Err(CliError::Usage(format!(
+            "a cache of {} is too small: at least {} is needed",
+            human(cache),
+            human(MIN_CACHE)
+        )));
+    }
     let limits = Limits::new(
         cache,
         a.dirty_limit.unwrap_or(cache / 5),
@@ -67,6 +74,8 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
     });
     let served = FuseFs::new(Arc::clone(&fs), Arc::clone(&flusher), stats);
 
+    // Signals are caught from before the mount on, so that none leaves a dead mount behind.
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let mut config = fuse_config(&a);
     let root = nix::unistd::geteuid().is_root();
     let (session, unmount_cmd) = if root {
@@ -102,14 +111,32 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
     );
 
     let mut unmounter = unmount_cmd;
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let signal_handle = signals.handle();
     let mnt = mountpoint.clone();
+    let fs_at_signal = Arc::clone(&fs);
     let signal_thread = std::thread::Builder::new()
         .name("iomapfs-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                info!("signal {sig}: unmounting {}", mnt.display());
+            for (n, sig) in signals.forever().enumerate() {
+                if n == 0 {
+                    info!(
+                        "signal {sig}: writing back and unmounting {}",
+                        mnt.display()
+                    );
+                } else {
+                    info!(
+                        "signal {sig}: writing back again; {} goes when its last open file closes",
+                        mnt.display()
+                    );
+                }
+                // Write everything back now: a busy mount stays served until its files
+                // close, and dirty data should not wait for that.
+                if let Err(e) = fs_at_signal.syncfs() {
+                    warn!("writing back failed: {e}");
+                }
+                if n > 0 {
+                    continue;
+                }
                 if let Err(e) = unmounter() {
                     warn!(
                         "unmount of {} failed ({e}); detaching it lazily",
@@ -129,6 +156,12 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
     }
     if let Err(e) = served {
         warn!("the FUSE session ended with an error: {e}");
+        if !root {
+            // fuser unmounts what it mounted itself; a helper's mount is ours to end.
+            if let Err(e) = fusermount::unmount(&mountpoint) {
+                warn!("cannot unmount {}: {e}", mountpoint.display());
+            }
+        }
     }
     flusher.stop();
     finish(&fs, &a.image)
@@ -265,6 +298,9 @@ fn mount_error(mountpoint: &Path, e: io::Error) -> CliError {
         format!("cannot mount at {}: {e}{advice}", mountpoint.display()),
     ))
 }
+
+/// The smallest cache a mount takes: a few of the largest folios.
+const MIN_CACHE: u64 = 8 << 20;
 
 /// A quarter of the machine's memory, or 1 GiB if it cannot be read.
 fn default_cache_size() -> u64 {

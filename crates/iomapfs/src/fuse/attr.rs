@@ -40,7 +40,9 @@ pub fn system_time(t: Time) -> SystemTime {
     }
 }
 
-/// A timestamp as extentfs keeps it.
+/// A timestamp from a `setattr` request as extentfs keeps it. fuser 0.18 turns the kernel's
+/// `(sec, nsec)` into `EPOCH + (sec, nsec)` for times from 1970 on but into
+/// `EPOCH - (-sec, nsec)` for earlier ones; this undoes exactly that.
 pub fn fs_time(t: SystemTime) -> Time {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Time {
@@ -49,12 +51,10 @@ pub fn fs_time(t: SystemTime) -> Time {
         },
         Err(e) => {
             let d = e.duration();
-            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
-            if nsec > 0 {
-                sec -= 1;
-                nsec = 1_000_000_000 - nsec;
+            Time {
+                sec: 0i64.saturating_sub_unsigned(d.as_secs()),
+                nsec: d.subsec_nanos(),
             }
-            Time { sec, nsec }
         }
     }
 }
@@ -92,25 +92,39 @@ pub fn file_attr(st: &Stat) -> FileAttr {
 mod tests {
     use super::*;
 
-    #[test]
-    fn times_round_trip_on_both_sides_of_the_epoch() {
-        for t in [
-            Time { sec: 0, nsec: 0 },
-            Time {
-                sec: 1_700_000_000,
-                nsec: 123_456_789,
-            },
-            Time {
-                sec: -1,
-                nsec: 500_000_000,
-            },
-            Time {
-                sec: -86_400,
-                nsec: 0,
-            },
-        ] {
-            assert_eq!(fs_time(system_time(t)), t, "{t:?}");
+    /// What fuser 0.18 hands a filesystem for the kernel's `(sec, nsec)`.
+    fn as_fuser_decodes(sec: i64, nsec: u32) -> SystemTime {
+        if sec >= 0 {
+            UNIX_EPOCH + Duration::new(sec as u64, nsec)
+        } else {
+            UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec)
         }
+    }
+
+    #[test]
+    fn setattr_times_keep_what_the_kernel_sent_on_both_sides_of_the_epoch() {
+        // The last: 1969-12-31 23:59:58.5, two seconds back and half a second forward.
+        for (sec, nsec) in [
+            (0, 0),
+            (1_700_000_000, 123_456_789),
+            (-86_400, 0),
+            (-2, 500_000_000),
+        ] {
+            let t = Time { sec, nsec };
+            assert_eq!(fs_time(as_fuser_decodes(sec, nsec)), t, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn times_reported_to_the_kernel_are_exact_before_the_epoch() {
+        let t = system_time(Time {
+            sec: -2,
+            nsec: 500_000_000,
+        });
+        assert_eq!(
+            UNIX_EPOCH.duration_since(t).ok(),
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]

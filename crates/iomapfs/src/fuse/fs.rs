@@ -15,14 +15,14 @@ use std::time::{Duration, SystemTime};
 use extentfs::{ExtentFs, SetAttr, Whence};
 use fuser::{
     CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, warn};
 
 use super::attr::{file_attr, kind, kind_of_mode, time_or_now};
-use super::handles::Handles;
+use super::handles::{Handles, OpenFile};
 use crate::errno::fs_errno;
 use crate::flusher::Flusher;
 use crate::stats::{StatsSource, STATS_XATTR};
@@ -30,6 +30,10 @@ use crate::stats::{StatsSource, STATS_XATTR};
 /// How long the kernel may trust names and attributes we return. Every change goes through
 /// this daemon, and the kernel drops what it cached for the inodes each change touches.
 const TTL: Duration = Duration::from_secs(1);
+
+/// Entries asked of extentfs per readdir reply: more than a 4 KiB reply holds with short
+/// names, so a page is filled in one call, without copying the rest of a large directory.
+const READDIR_PAGE: usize = 256;
 
 /// The largest read or write request the kernel sends (it also sizes readahead).
 const MAX_REQUEST: u32 = 1 << 20;
@@ -65,11 +69,9 @@ impl FuseFs {
 
     /// Closes every handle the kernel did not release (the mount went away under them).
     pub fn release_all(&self) {
-        for fh in self.files.drain() {
-            if let Ok(fh) = Arc::try_unwrap(fh) {
-                if let Err(e) = self.fs.release(fh) {
-                    debug!("closing a handle at unmount: {e}");
-                }
+        for file in self.files.drain() {
+            if let Err(e) = self.fs.release(file.fh) {
+                debug!("closing a handle at unmount: {e}");
             }
         }
     }
@@ -88,10 +90,60 @@ impl FuseFs {
         }
     }
 
-    fn open_file(&self, ino: u64, flags: FopenFlags) -> Result<(u64, FopenFlags), Errno> {
+    fn open_file(&self, ino: u64, flags: OpenFlags) -> Result<u64, Errno> {
         let fh = self.fs.open(ino).map_err(|e| fs_errno(&e))?;
-        Ok((self.files.insert(fh), flags))
+        let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        Ok(self.files.insert(OpenFile { fh, writable }))
     }
+
+    /// The owner, group and mode of a new inode in `parent` made by `req`: a directory with
+    /// the setgid bit hands its group down, and to new directories the bit itself.
+    fn new_owner(
+        &self,
+        req: &Request,
+        parent: u64,
+        mode: u32,
+        dir: bool,
+    ) -> Result<(u32, u32, u16), Errno> {
+        let p = self.fs.getattr(parent).map_err(|e| fs_errno(&e))?;
+        let mut perm = (mode & 0o7777) as u16;
+        let gid = if p.perm & libc::S_ISGID as u16 != 0 {
+            if dir {
+                perm |= libc::S_ISGID as u16;
+            }
+            p.gid
+        } else {
+            req.gid()
+        };
+        Ok((req.uid(), gid, perm))
+    }
+
+    /// Drops the setuid and setgid bits and file capabilities a write by an unprivileged
+    /// writer must take away: with direct I/O the kernel leaves this to the filesystem.
+    fn kill_suid(&self, ino: u64) -> extentfs::Result<()> {
+        let st = self.fs.getattr(ino)?;
+        let mut perm = st.perm & !(libc::S_ISUID as u16);
+        if st.perm & libc::S_IXGRP as u16 != 0 {
+            perm &= !(libc::S_ISGID as u16);
+        }
+        if perm != st.perm {
+            let set = SetAttr {
+                perm: Some(perm),
+                ..SetAttr::default()
+            };
+            self.fs.setattr(ino, set)?;
+        }
+        match self.fs.removexattr(ino, b"security.capability") {
+            Ok(()) | Err(extentfs::Error::NoAttr) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// POSIX ACLs are not enforced (the mount does not ask the kernel for them), so storing them
+/// would only pretend: they are refused.
+fn is_acl(name: &OsStr) -> bool {
+    name == "system.posix_acl_access" || name == "system.posix_acl_default"
 }
 
 /// What every regular file is opened with: no kernel data cache, parallel writers.
@@ -104,12 +156,16 @@ impl fuser::Filesystem for FuseFs {
         if let Err(max) = config.set_max_write(MAX_REQUEST) {
             warn!("the kernel takes writes of at most {max} bytes");
         }
+        // Kernels usually offer 128 KiB of readahead at most; the engine serves what comes.
         let _ = config.set_max_readahead(MAX_REQUEST);
         let wanted = InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO;
         if let Err(missing) = config.add_capabilities(wanted) {
-            warn!("the kernel lacks {missing:?}; mmap of files may be refused");
+            if missing.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+                warn!("this kernel cannot map files opened for direct I/O: mmap will be refused");
+            }
+            debug!("the kernel lacks {missing:?}");
             let _ = config.add_capabilities(wanted & !missing);
         }
         Ok(())
@@ -183,17 +239,13 @@ impl fuser::Filesystem for FuseFs {
             reply.error(Errno::EINVAL);
             return;
         };
-        let perm = (mode & 0o7777) as u16;
-        let st = self.fs.mknod(
-            parent.0,
-            name_bytes(name),
-            k,
-            perm,
-            req.uid(),
-            req.gid(),
-            rdev,
-            &[],
-        );
+        let (uid, gid, perm) = match self.new_owner(req, parent.0, mode, false) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        let st = self
+            .fs
+            .mknod(parent.0, name_bytes(name), k, perm, uid, gid, rdev, &[]);
         self.entry(reply, st);
     }
 
@@ -206,11 +258,14 @@ impl fuser::Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let perm = (mode & 0o7777) as u16;
-        let st = self
-            .fs
-            .mkdir(parent.0, name_bytes(name), perm, req.uid(), req.gid());
-        self.entry(reply, st);
+        let (uid, gid, perm) = match self.new_owner(req, parent.0, mode, true) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        self.entry(
+            reply,
+            self.fs.mkdir(parent.0, name_bytes(name), perm, uid, gid),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -275,9 +330,9 @@ impl fuser::Filesystem for FuseFs {
         self.entry(reply, self.fs.link(ino.0, newparent.0, name_bytes(newname)));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino.0, file_open_flags()) {
-            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_file(ino.0, flags) {
+            Ok(fh) => reply.opened(FileHandle(fh), file_open_flags()),
             Err(e) => reply.error(e),
         }
     }
@@ -316,11 +371,16 @@ impl fuser::Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.kill_suid(ino.0) {
+                return reply.error(fs_errno(&e));
+            }
+        }
         match self.fs.write(ino.0, offset, data) {
             Ok(n) => {
                 // The writer waits here, inside its write call, while dirty data is over the
@@ -343,8 +403,11 @@ impl fuser::Filesystem for FuseFs {
     ) {
         // The handle is dropped before the reply goes: once answered, the kernel may send the
         // release, which must find the table's reference the only one.
-        let res = self.files.get(fh.0).map(|h| self.fs.flush(&h));
-        Self::empty(reply, res.unwrap_or(Ok(())));
+        let res = match self.files.get(fh.0) {
+            Some(f) if f.writable => self.fs.flush(&f.fh),
+            _ => Ok(()),
+        };
+        Self::empty(reply, res);
     }
 
     fn release(
@@ -357,16 +420,12 @@ impl fuser::Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.files.remove(fh.0) else {
-            reply.ok();
-            return;
-        };
-        match Arc::try_unwrap(h) {
-            Ok(h) => Self::empty(reply, self.fs.release(h)),
-            Err(_) => {
+        match self.files.remove(fh.0) {
+            Some(f) => Self::empty(reply, self.fs.release(f.fh)),
+            None => {
                 warn!(
                     fh = fh.0,
-                    "a handle was released while a request still used it"
+                    "a release for a handle that is unknown or still in use"
                 );
                 reply.ok();
             }
@@ -382,7 +441,7 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let res = match self.files.get(fh.0) {
-            Some(h) => self.fs.fsync(&h, datasync),
+            Some(f) => self.fs.fsync(&f.fh, datasync),
             None => self.fs.commit(),
         };
         Self::empty(reply, res);
@@ -406,7 +465,8 @@ impl fuser::Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, offset) {
+        // A reply holds a page of entries; ask for no more than fit.
+        match self.fs.readdir_page(ino.0, offset, READDIR_PAGE) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(
@@ -458,6 +518,10 @@ impl fuser::Filesystem for FuseFs {
             reply.error(Errno::EPERM);
             return;
         }
+        if is_acl(name) {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
         let res = self.fs.setxattr(
             ino.0,
             name_bytes(name),
@@ -505,28 +569,32 @@ impl fuser::Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         if kind_of_mode(mode) != Some(extentfs::FileType::File) {
             reply.error(Errno::EINVAL);
             return;
         }
-        let perm = (mode & 0o7777) as u16;
-        let st = match self
-            .fs
-            .create(parent.0, name_bytes(name), perm, req.uid(), req.gid())
-        {
+        let (uid, gid, perm) = match self.new_owner(req, parent.0, mode, false) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        let st = match self.fs.create(parent.0, name_bytes(name), perm, uid, gid) {
             Ok(st) => st,
             Err(e) => {
                 reply.error(fs_errno(&e));
                 return;
             }
         };
-        match self.open_file(st.ino, file_open_flags()) {
-            Ok((fh, flags)) => {
-                reply.created(&TTL, &file_attr(&st), Generation(0), FileHandle(fh), flags)
-            }
+        match self.open_file(st.ino, OpenFlags(flags)) {
+            Ok(fh) => reply.created(
+                &TTL,
+                &file_attr(&st),
+                Generation(0),
+                FileHandle(fh),
+                file_open_flags(),
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -591,7 +659,10 @@ impl fuser::Filesystem for FuseFs {
             .fs
             .copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
         {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => {
+                self.flusher.wrote(ino_out.0, n);
+                reply.written(n as u32);
+            }
             Err(e) => reply.error(fs_errno(&e)),
         }
     }

@@ -112,6 +112,11 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// A path inside the mount.
     pub fn path(&self, name: &str) -> PathBuf {
         self.mnt.join(name)
