@@ -8,64 +8,17 @@
 
 use std::sync::Arc;
 
-use extentfs::{fsck, mkfs, ExtentFs, MkfsOptions, MountOptions, Whence, ROOT_INO};
+use extentfs::{fsck, mkfs, ExtentFs, MkfsOptions, Whence, ROOT_INO};
 use iomap_dev::{BlockDevice, CrashDevice, MemDevice, Pending};
+
+mod common;
+use common::*;
 
 const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
 const COLLAPSE: i32 = libc::FALLOC_FL_COLLAPSE_RANGE;
 const INSERT: i32 = libc::FALLOC_FL_INSERT_RANGE;
-
-fn opts() -> MountOptions {
-    MountOptions {
-        commit_interval: None,
-        ..MountOptions::default()
-    }
-}
-
-fn fresh_bs(bytes: u64, bs: u32) -> (Arc<dyn BlockDevice>, Arc<ExtentFs>) {
-    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(bytes));
-    mkfs(
-        Arc::clone(&dev),
-        &MkfsOptions {
-            block_size: bs,
-            log_blocks: None,
-        },
-    )
-    .unwrap();
-    let fs = ExtentFs::mount(Arc::clone(&dev), opts()).unwrap();
-    (dev, fs)
-}
-
-fn fresh(bytes: u64) -> (Arc<dyn BlockDevice>, Arc<ExtentFs>) {
-    fresh_bs(bytes, 4096)
-}
-
-fn remount(fs: Arc<ExtentFs>, dev: &Arc<dyn BlockDevice>) -> Arc<ExtentFs> {
-    fs.unmount().unwrap();
-    drop(fs);
-    let report = fsck::fsck(Arc::clone(dev), false);
-    assert!(report.is_clean(), "fsck: {:?}", report.problems);
-    ExtentFs::mount(Arc::clone(dev), opts()).unwrap()
-}
-
-fn errno<T: std::fmt::Debug>(r: extentfs::Result<T>) -> i32 {
-    r.unwrap_err().errno()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) | 1)
-        .collect()
-}
-
-fn read_all(fs: &ExtentFs, ino: u64) -> Vec<u8> {
-    let size = fs.getattr(ino).unwrap().size;
-    let mut buf = vec![0u8; size as usize];
-    assert_eq!(fs.read(ino, 0, &mut buf).unwrap() as u64, size);
-    buf
-}
 
 /// Checks `ino` against `want`, first in the cache, then after dropping it.
 fn expect(fs: &ExtentFs, ino: u64, want: &[u8], at: &str) {

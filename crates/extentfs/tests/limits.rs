@@ -10,43 +10,11 @@
 use std::sync::Arc;
 
 use extentfs::meta::LINK_MAX;
-use extentfs::{
-    fsck, max_file_size, mkfs, ExtentFs, FileType, MkfsOptions, MountOptions, SetAttr, ROOT_INO,
-};
+use extentfs::{max_file_size, mkfs, ExtentFs, FileType, MkfsOptions, SetAttr, ROOT_INO};
 use iomap_dev::{BlockDevice, MemDevice};
 
-fn opts() -> MountOptions {
-    MountOptions {
-        commit_interval: None,
-        ..MountOptions::default()
-    }
-}
-
-fn fresh(bytes: u64) -> (Arc<dyn BlockDevice>, Arc<ExtentFs>) {
-    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(bytes));
-    mkfs(Arc::clone(&dev), &MkfsOptions::default()).unwrap();
-    let fs = ExtentFs::mount(Arc::clone(&dev), opts()).unwrap();
-    (dev, fs)
-}
-
-fn remount(fs: Arc<ExtentFs>, dev: &Arc<dyn BlockDevice>) -> Arc<ExtentFs> {
-    fs.unmount().unwrap();
-    drop(fs);
-    let report = fsck::fsck(Arc::clone(dev), false);
-    assert!(report.is_clean(), "fsck: {:?}", report.problems);
-    ExtentFs::mount(Arc::clone(dev), opts()).unwrap()
-}
-
-fn errno<T: std::fmt::Debug>(r: extentfs::Result<T>) -> i32 {
-    r.unwrap_err().errno()
-}
-
-fn read_all(fs: &ExtentFs, ino: u64) -> Vec<u8> {
-    let size = fs.getattr(ino).unwrap().size;
-    let mut buf = vec![0u8; size as usize];
-    assert_eq!(fs.read(ino, 0, &mut buf).unwrap() as u64, size);
-    buf
-}
+mod common;
+use common::*;
 
 #[test]
 fn enametoolong_for_names_targets_and_attribute_names() {

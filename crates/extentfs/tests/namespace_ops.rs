@@ -9,41 +9,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use extentfs::{
-    fsck, mkfs, DirEntry, ExtentFs, FileType, MkfsOptions, MountOptions, SetAttr, Time, ROOT_INO,
-};
+use extentfs::{fsck, mkfs, DirEntry, ExtentFs, FileType, MkfsOptions, SetAttr, Time, ROOT_INO};
 use iomap_dev::{BlockDevice, MemDevice};
 
-fn opts() -> MountOptions {
-    MountOptions {
-        commit_interval: None,
-        ..MountOptions::default()
-    }
-}
-
-fn fresh(bytes: u64) -> (Arc<dyn BlockDevice>, Arc<ExtentFs>) {
-    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(bytes));
-    mkfs(Arc::clone(&dev), &MkfsOptions::default()).unwrap();
-    let fs = ExtentFs::mount(Arc::clone(&dev), opts()).unwrap();
-    (dev, fs)
-}
-
-fn assert_clean(dev: &Arc<dyn BlockDevice>, at: &str) {
-    let report = fsck::fsck(Arc::clone(dev), false);
-    assert!(report.is_clean(), "{at}: fsck: {:?}", report.problems);
-}
-
-/// Unmounts, checks the image, and mounts it again.
-fn remount(fs: Arc<ExtentFs>, dev: &Arc<dyn BlockDevice>) -> Arc<ExtentFs> {
-    fs.unmount().unwrap();
-    drop(fs);
-    assert_clean(dev, "after unmount");
-    let fs = ExtentFs::mount(Arc::clone(dev), opts()).unwrap();
-    assert!(fs.was_clean());
-    fs
-}
-
 /// Names in `dir`, without "." and "..", in readdir order.
+mod common;
+use common::*;
+
 fn names(fs: &ExtentFs, dir: u64) -> Vec<Vec<u8>> {
     fs.readdir(dir, 0)
         .unwrap()
@@ -51,24 +23,6 @@ fn names(fs: &ExtentFs, dir: u64) -> Vec<Vec<u8>> {
         .filter(|e| e.name != b"." && e.name != b"..")
         .map(|e| e.name)
         .collect()
-}
-
-fn read_all(fs: &ExtentFs, ino: u64) -> Vec<u8> {
-    let size = fs.getattr(ino).unwrap().size;
-    let mut buf = vec![0u8; size as usize];
-    let n = fs.read(ino, 0, &mut buf).unwrap();
-    assert_eq!(n as u64, size, "short read of inode {ino}");
-    buf
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1)
-        .collect()
-}
-
-fn errno<T: std::fmt::Debug>(r: extentfs::Result<T>) -> i32 {
-    r.unwrap_err().errno()
 }
 
 #[test]
