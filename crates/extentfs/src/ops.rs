@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use iomap::{IomapOps, OpenFile, SliceSource};
+use iomap::{Advice, IomapOps, OpenFile, RaState, SliceSource};
 use iomap_dev::{BlockDeviceExt, DevAddr};
 
 use crate::error::{Error, Result};
@@ -105,11 +105,12 @@ pub enum Whence {
     Hole,
 }
 
-/// An open regular file: what it has seen of writeback errors.
+/// An open regular file: what it has seen of writeback errors, and its readahead state.
 pub struct FileHandle {
     ino: Ino,
     node: Arc<Node>,
     open: OpenFile,
+    ra: RaState,
 }
 
 impl FileHandle {
@@ -771,7 +772,12 @@ impl ExtentFs {
         let node = self.node(ino)?;
         node.opens.fetch_add(1, Ordering::AcqRel);
         let open = OpenFile::open(&node.mapping);
-        Ok(FileHandle { ino, node, open })
+        Ok(FileHandle {
+            ino,
+            node,
+            open,
+            ra: RaState::default(),
+        })
     }
 
     /// Closes a handle; reports a writeback error this handle has not seen (as `flush`
@@ -803,6 +809,24 @@ impl ExtentFs {
     pub fn read(&self, ino: Ino, pos: u64, buf: &mut [u8]) -> Result<usize> {
         let node = self.node(ino)?;
         Ok(iomap::buffered_read(&node.mapping, &*node.map, pos, buf)?)
+    }
+
+    /// Reads at `pos` into `buf` through an open file, reading ahead as its access pattern
+    /// calls for; returns the bytes read (short at end of file).
+    pub fn read_fh(&self, fh: &FileHandle, pos: u64, buf: &mut [u8]) -> Result<usize> {
+        let node = &fh.node;
+        Ok(iomap::buffered_read_ra(
+            &node.mapping,
+            &*node.map,
+            &fh.ra,
+            pos,
+            buf,
+        )?)
+    }
+
+    /// Applies a `posix_fadvise` hint to an open file's later reads.
+    pub fn fadvise(&self, fh: &FileHandle, advice: Advice) {
+        fh.ra.advise(advice);
     }
 
     /// Writes `data` at `pos`; returns the bytes written.

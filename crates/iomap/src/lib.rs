@@ -6,7 +6,8 @@
 //! caller and the [`iomap_dev::BlockDevice`] in as few, as large, device requests as the
 //! mapping allows.
 //!
-//! Entry points: [`buffered_read`], [`readahead`], [`read_folio`], [`buffered_write`],
+//! Entry points: [`buffered_read`] (and [`buffered_read_ra`] with per-file readahead state),
+//! [`readahead`], [`read_folio`], [`buffered_write`],
 //! [`zero_range`], [`truncate_page`], [`file_unshare`], [`page_mkwrite`], [`seek_data`],
 //! [`seek_hole`], and on [`Mapping`] the invalidation calls [`Mapping::truncate_range`],
 //! [`Mapping::truncate_to`] and [`Mapping::release_clean`]; for writeback [`writepages`],
@@ -25,6 +26,7 @@ mod iter;
 mod linear;
 mod mapping;
 mod read;
+mod readahead;
 mod seek;
 mod stats;
 mod write;
@@ -40,6 +42,7 @@ pub use iter::IomapIter;
 pub use linear::LinearMap;
 pub use mapping::Mapping;
 pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
+pub use readahead::{buffered_read_ra, Advice, RaState, DEFAULT_MAX_READAHEAD};
 pub use seek::{seek_data, seek_hole};
 pub use stats::{CacheStats, Counter, StatsSnapshot};
 pub use write::{

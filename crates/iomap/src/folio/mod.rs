@@ -32,6 +32,7 @@ const DIRTY: u32 = 1 << 2;
 const WRITEBACK: u32 = 1 << 3;
 const WAITERS: u32 = 1 << 4;
 const DETACHED: u32 = 1 << 5;
+const READAHEAD: u32 = 1 << 6;
 
 /// What debug builds fill new folios with (the kernel's slab poison byte).
 #[cfg(debug_assertions)]
@@ -148,6 +149,21 @@ impl Folio {
     /// Under writeback.
     pub fn is_writeback(&self) -> bool {
         self.test(WRITEBACK)
+    }
+
+    /// Carries the readahead marker: a reader reaching it starts the next window.
+    pub fn is_readahead(&self) -> bool {
+        self.test(READAHEAD)
+    }
+
+    /// Sets the readahead marker (the kernel's PG_readahead).
+    pub fn set_readahead(&self) {
+        self.flags.fetch_or(READAHEAD, Ordering::Relaxed);
+    }
+
+    /// Clears the readahead marker; whether it was set. One reader wins it.
+    pub fn test_clear_readahead(&self) -> bool {
+        self.flags.fetch_and(!READAHEAD, Ordering::Relaxed) & READAHEAD != 0
     }
 
     /// Locked by someone.

@@ -341,7 +341,7 @@ impl fuser::Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -354,7 +354,12 @@ impl fuser::Filesystem for FuseFs {
             if buf.len() < size {
                 buf.resize(size, 0);
             }
-            match self.fs.read(ino.0, offset, &mut buf[..size]) {
+            // Through the open file, so that its readahead follows its reads.
+            let res = match self.files.get(fh.0) {
+                Some(f) => self.fs.read_fh(&f.fh, offset, &mut buf[..size]),
+                None => self.fs.read(ino.0, offset, &mut buf[..size]),
+            };
+            match res {
                 Ok(n) => {
                     self.flusher.read(n as u64);
                     reply.data(&buf[..n]);

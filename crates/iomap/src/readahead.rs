@@ -1,0 +1,254 @@
+//! On-demand readahead with Linux's semantics (`mm/readahead.c`): state per open file, a
+//! synchronous window when a read misses the cache, an asynchronous one when a read reaches
+//! the folio carrying the readahead marker, a window that ramps up to a maximum, random reads
+//! left alone, and the hints of `posix_fadvise`.
+//!
+//! A window is `[start, start + size)`; its last `async_size` bytes are read ahead of need,
+//! and the folio at `start + size - async_size` carries the marker. A reader that reaches the
+//! marker starts the next window, so a sequential reader finds its data already read (or in
+//! flight) and the device sees one large request per window. Lock order: the state's lock,
+//! then the mapping's invalidate lock (taken by [`readahead`]), then folio locks.
+
+use parking_lot::Mutex;
+
+use crate::error::Result;
+use crate::iomap::IomapOps;
+use crate::mapping::Mapping;
+use crate::read::{buffered_read, readahead};
+
+/// The default largest window: 1 MiB, a full device request on most devices here (Linux's
+/// default is 128 KiB, raised to the device's optimal I/O size).
+pub const DEFAULT_MAX_READAHEAD: u64 = 1 << 20;
+
+/// What `posix_fadvise` says of the coming access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// No particular pattern: readahead as usual.
+    Normal,
+    /// Sequential: windows up to twice the maximum.
+    Sequential,
+    /// Random: no readahead, each read reads what it asks for.
+    Random,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    start: u64,
+    size: u64,
+    async_size: u64,
+    /// Where the last read ended: a read starting here continues a sequential stream.
+    prev_end: u64,
+}
+
+/// Readahead state of one open file (the kernel's `file_ra_state`).
+#[derive(Debug)]
+pub struct RaState {
+    max: u64,
+    inner: Mutex<(Window, Advice)>,
+}
+
+impl Default for RaState {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_READAHEAD)
+    }
+}
+
+/// The first window for a read of `req` bytes: four times the read for small reads, twice for
+/// medium ones, the maximum for large ones.
+fn init_size(req: u64, max: u64) -> u64 {
+    let size = req.max(1).next_power_of_two();
+    let size = if size <= max / 32 {
+        size * 4
+    } else if size <= max / 4 {
+        size * 2
+    } else {
+        max
+    };
+    size.min(max)
+}
+
+/// The window after one of `cur` bytes: quadruple while small, then double, up to `max`.
+fn next_size(cur: u64, max: u64) -> u64 {
+    let next = if cur < max / 16 {
+        cur * 4
+    } else if cur <= max / 2 {
+        cur * 2
+    } else {
+        max
+    };
+    next.min(max)
+}
+
+impl RaState {
+    /// State with windows of at most `max_bytes` (0 turns readahead off).
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            max: max_bytes,
+            inner: Mutex::new((Window::default(), Advice::Normal)),
+        }
+    }
+
+    /// Applies a `posix_fadvise` hint to later reads.
+    pub fn advise(&self, advice: Advice) {
+        self.inner.lock().1 = advice;
+    }
+
+    /// The current window `(start, size, async_size)`, for tests and statistics.
+    pub fn window(&self) -> (u64, u64, u64) {
+        let g = self.inner.lock();
+        (g.0.start, g.0.size, g.0.async_size)
+    }
+
+    fn max_for(&self, advice: Advice) -> u64 {
+        match advice {
+            Advice::Sequential => self.max.saturating_mul(2),
+            _ => self.max,
+        }
+    }
+}
+
+/// Reads up to `dst.len()` bytes at `pos` as [`buffered_read`] does, first starting the
+/// readahead `ra` calls for: a window from the first missing folio when the read misses the
+/// cache, the next window when it reaches the readahead marker.
+pub fn buffered_read_ra(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    ra: &RaState,
+    pos: u64,
+    dst: &mut [u8],
+) -> Result<usize> {
+    let size = mapping.size();
+    let end = pos.saturating_add(dst.len() as u64).min(size);
+    if pos < end && ra.max > 0 {
+        let mut g = ra.inner.lock();
+        let (w, advice) = &mut *g;
+        let max = ra.max_for(*advice);
+        // A failed readahead leaves its folios not uptodate: the read below tries them again
+        // and reports the error (R5), so it is not reported here.
+        // Random advice reads what is asked for and leaves the state alone. Otherwise a miss
+        // starts a window, and a marker in the range (also one that window just set, when
+        // the read is as large as the window) starts the next, so that the reader is always
+        // a window behind the device.
+        if *advice != Advice::Random {
+            if let Some(gap) = first_gap(mapping, pos, end) {
+                let _ = sync_window(mapping, ops, w, *advice, max, gap, end);
+            }
+            if let Some((mpos, mend)) = take_marker(mapping, pos, end) {
+                let _ = async_window(mapping, ops, w, max, mpos, mend, end);
+            }
+        }
+    }
+    let n = buffered_read(mapping, ops, pos, dst)?;
+    ra.inner.lock().0.prev_end = pos + n as u64;
+    Ok(n)
+}
+
+/// The first byte of `[pos, end)`, rounded down to the smallest folio, that no cached folio
+/// holds.
+fn first_gap(mapping: &Mapping, pos: u64, end: u64) -> Option<u64> {
+    let granule = mapping.min_folio_size() as u64;
+    let mut at = pos / granule * granule;
+    for f in mapping.folios_in(at, end) {
+        if f.pos() > at {
+            return Some(at);
+        }
+        at = at.max(f.end());
+    }
+    (at < end).then_some(at)
+}
+
+/// Finds and clears a readahead marker on a folio in `[pos, end)`; the folio's range.
+fn take_marker(mapping: &Mapping, pos: u64, end: u64) -> Option<(u64, u64)> {
+    mapping
+        .folios_in(pos, end)
+        .into_iter()
+        .find(|f| f.test_clear_readahead())
+        .map(|f| (f.pos(), f.end()))
+}
+
+/// A read missed the cache at `gap`: continue the stream it belongs to, start a new one, or,
+/// for a random read, read just what it asks.
+fn sync_window(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    w: &mut Window,
+    advice: Advice,
+    max: u64,
+    gap: u64,
+    end: u64,
+) -> Result<()> {
+    let req = end - gap;
+    let sequential = advice == Advice::Sequential
+        || gap == 0
+        || gap == w.prev_end
+        || (w.size > 0 && gap >= w.start && gap <= w.start + w.size);
+    if !sequential {
+        return readahead(mapping, ops, gap, req);
+    }
+    if w.size > 0 && gap == w.start + w.size {
+        // The reader outran the marker: the next window, as if it had been reached.
+        w.start = gap;
+        w.size = next_size(w.size, max);
+        w.async_size = w.size;
+    } else {
+        w.start = gap;
+        w.size = init_size(req, max).max(req.min(max));
+        w.async_size = if w.size > req { w.size - req } else { w.size };
+    }
+    submit(mapping, ops, w)
+}
+
+/// A read reached the marker on the folio `[mpos, mend)`: start the next window.
+fn async_window(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    w: &mut Window,
+    max: u64,
+    mpos: u64,
+    mend: u64,
+    end: u64,
+) -> Result<()> {
+    let expected = (w.start + w.size).saturating_sub(w.async_size);
+    if w.size > 0 && mpos <= expected && expected < mend {
+        w.start += w.size;
+        w.size = next_size(w.size, max);
+    } else {
+        // A marker from another stream or an older window: go on from the cached data.
+        let from = first_gap(mapping, mend, u64::MAX).unwrap_or(mend);
+        w.size = next_size(w.size.max(end - mpos), max);
+        w.start = from;
+    }
+    w.async_size = w.size;
+    submit(mapping, ops, w)
+}
+
+/// Reads the window ahead and marks the folio where the next window should start.
+fn submit(mapping: &Mapping, ops: &dyn IomapOps, w: &Window) -> Result<()> {
+    readahead(mapping, ops, w.start, w.size)?;
+    if w.async_size > 0 {
+        let mark = w.start + w.size - w.async_size;
+        if let Some(f) = mapping.find_folio(mark) {
+            f.set_readahead();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_start_at_two_or_four_times_the_read_and_ramp_to_the_maximum() {
+        let max = 1 << 20;
+        assert_eq!(init_size(4096, max), 16384);
+        assert_eq!(init_size(64 << 10, max), 128 << 10);
+        assert_eq!(init_size(100_000, max), 256 << 10);
+        assert_eq!(init_size(512 << 10, max), max);
+        assert_eq!(init_size(4 << 20, max), max);
+        assert_eq!(next_size(16384, max), 65536);
+        assert_eq!(next_size(128 << 10, max), 256 << 10);
+        assert_eq!(next_size(512 << 10, max), max);
+        assert_eq!(next_size(max, max), max);
+    }
+}

@@ -1,0 +1,174 @@
+//! Readahead: a sequential scan issues one device request per window and the window grows; a
+//! random reader gets no readahead; the hints of posix_fadvise change both.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::TestFs;
+use iomap::iomap_dev::Op;
+use iomap::{buffered_read_ra, Advice, RaState};
+
+const MIB: u64 = 1 << 20;
+
+fn fill(i: u64) -> u8 {
+    (i / 4096) as u8 ^ (i as u8)
+}
+
+/// A file of `bytes` mapped to one contiguous device run, nothing cached.
+fn file(bytes: u64) -> TestFs {
+    let fs = TestFs::new(4096, 2 << 20);
+    fs.map_blocks(0, bytes / 4096, fill);
+    fs
+}
+
+fn read_sizes(fs: &TestFs) -> Vec<u64> {
+    TestFs::requests(&fs.log(), Op::Read)
+        .into_iter()
+        .map(|(_, len)| len)
+        .collect()
+}
+
+#[test]
+fn a_sequential_scan_reads_one_request_per_window_and_the_window_ramps_to_the_maximum() {
+    let fs = file(8 * MIB);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0;
+    while pos < 8 * MIB {
+        let n = buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf).unwrap();
+        assert_eq!(n, buf.len());
+        assert!(
+            buf.iter()
+                .enumerate()
+                .all(|(i, &b)| b == fill(pos + i as u64)),
+            "bytes at {pos}"
+        );
+        pos += n as u64;
+    }
+    let reqs = TestFs::requests(&fs.log(), Op::Read);
+    let sizes: Vec<u64> = reqs.iter().map(|&(_, len)| len).collect();
+    // 64 KiB reads: a first window of twice the read, then 256 KiB, 512 KiB, 1 MiB, and the
+    // maximum from there on, the last cut at the end of the file; every byte read once.
+    assert_eq!(
+        &sizes[..4],
+        &[128 << 10, 256 << 10, 512 << 10, MIB],
+        "{sizes:?}"
+    );
+    assert!(
+        sizes[4..sizes.len() - 1].iter().all(|&s| s == MIB),
+        "{sizes:?}"
+    );
+    assert_eq!(
+        sizes.iter().sum::<u64>(),
+        8 * MIB,
+        "every byte read once: {sizes:?}"
+    );
+    assert!(
+        reqs.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0),
+        "windows follow each other on the device: {reqs:?}"
+    );
+}
+
+#[test]
+fn random_reads_get_no_readahead() {
+    let fs = file(16 * MIB);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; 4096];
+    let mut x = 12345u64;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pos = (x >> 33) % (16 * MIB / 4096) * 4096;
+        buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf).unwrap();
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == fill(pos + i as u64)));
+    }
+    let sizes = read_sizes(&fs);
+    assert!(!sizes.is_empty());
+    assert!(sizes.iter().all(|&s| s == 4096), "{sizes:?}");
+}
+
+#[test]
+fn fadvise_random_turns_readahead_off_and_sequential_doubles_the_window() {
+    let fs = file(8 * MIB);
+    let ra = RaState::new(MIB);
+    ra.advise(Advice::Random);
+    let mut buf = vec![0u8; 64 << 10];
+    for i in 0..4 {
+        buffered_read_ra(&fs.mapping, &fs, &ra, i * (64 << 10), &mut buf).unwrap();
+    }
+    assert!(
+        read_sizes(&fs).iter().all(|&s| s == 64 << 10),
+        "{:?}",
+        read_sizes(&fs)
+    );
+
+    let fs = file(16 * MIB);
+    let ra = RaState::new(MIB);
+    ra.advise(Advice::Sequential);
+    let mut pos = 0;
+    while pos < 16 * MIB {
+        pos += buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf).unwrap() as u64;
+    }
+    let sizes = read_sizes(&fs);
+    // Twice the maximum window, in requests of at most the device's 1 MiB.
+    assert_eq!(ra.window().1, 2 * MIB, "{sizes:?}");
+    assert!(sizes.iter().all(|&s| s <= MIB), "{sizes:?}");
+}
+
+#[test]
+fn a_reader_that_skips_ahead_starts_a_new_stream() {
+    let fs = file(8 * MIB);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; 64 << 10];
+    buffered_read_ra(&fs.mapping, &fs, &ra, 0, &mut buf).unwrap();
+    buffered_read_ra(&fs.mapping, &fs, &ra, 64 << 10, &mut buf).unwrap();
+    assert_eq!(read_sizes(&fs), vec![128 << 10, 256 << 10]);
+    // A jump: a random read, served alone.
+    buffered_read_ra(&fs.mapping, &fs, &ra, 5 * MIB, &mut buf).unwrap();
+    assert_eq!(read_sizes(&fs).last(), Some(&(64 << 10)));
+    // Reading on from there is sequential again: a new window.
+    buffered_read_ra(&fs.mapping, &fs, &ra, 5 * MIB + (64 << 10), &mut buf).unwrap();
+    assert_eq!(ra.window().0, 5 * MIB + (64 << 10));
+}
+
+#[test]
+fn reads_ahead_are_never_past_the_end_of_the_file() {
+    let fs = file(MIB + 8192);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0;
+    loop {
+        let n = buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        pos += n as u64;
+    }
+    assert_eq!(pos, MIB + 8192);
+    let reqs = TestFs::requests(&fs.log(), Op::Read);
+    let read: u64 = reqs.iter().map(|&(_, len)| len).sum();
+    assert_eq!(read, MIB + 8192, "{reqs:?}");
+}
+
+#[test]
+fn reads_as_large_as_the_window_keep_one_window_in_flight_ahead() {
+    let fs = file(8 * MIB);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; MIB as usize];
+    buffered_read_ra(&fs.mapping, &fs, &ra, 0, &mut buf).unwrap();
+    // The first read reads its own window and starts the next one.
+    assert_eq!(read_sizes(&fs), vec![MIB, MIB]);
+    assert_eq!(ra.window(), (MIB, MIB, MIB));
+    buffered_read_ra(&fs.mapping, &fs, &ra, MIB, &mut buf).unwrap();
+    assert_eq!(
+        read_sizes(&fs),
+        vec![MIB],
+        "the second read found its data read ahead"
+    );
+    assert_eq!(ra.window().0, 2 * MIB);
+}
