@@ -490,3 +490,142 @@ fn an_unprivileged_writer_clears_setuid_and_setgid_and_new_entries_inherit_a_set
     assert_ne!(sub.mode() & libc::S_ISGID, 0, "{:o}", sub.mode());
     d.unmount();
 }
+
+#[test]
+fn random_operations_from_many_threads_match_a_model() {
+    random_operations("random", &["--threads", "4"]);
+}
+
+#[test]
+fn random_operations_match_a_model_while_the_flusher_trims_a_tiny_cache() {
+    random_operations(
+        "random-tiny",
+        &[
+            "--cache-size",
+            "8M",
+            "--dirty-limit",
+            "1M",
+            "--dirty-expire",
+            "0",
+        ],
+    );
+}
+
+/// Random operations from several threads, each thread on its own file with a byte-vector
+/// model: writes at odd offsets and sizes, reads, truncates up and down, punches, zeroing,
+/// preallocation and fsyncs, checked after every read and step, after all of them, and again
+/// after a remount. `MOUNT_OPS` sets the operations per thread.
+fn random_operations(name: &str, args: &[&str]) {
+    use nix::fcntl::{fallocate, FallocateFlags as F};
+    use rand::{Rng, SeedableRng};
+
+    let ops: usize = std::env::var("MOUNT_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let dir = scratch(name);
+    let d = Daemon::start(&dir, args);
+    const MAX: usize = 3 << 20;
+    let models: Vec<(String, Vec<u8>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let d = &d;
+                s.spawn(move || {
+                    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed + t);
+                    let name = format!("t{t}");
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(d.path(&name))
+                        .unwrap();
+                    let mut model: Vec<u8> = Vec::new();
+                    for step in 0..ops {
+                        let pos = rng.gen_range(0..MAX);
+                        let len = match rng.gen_range(0..4) {
+                            0 => rng.gen_range(1..64),
+                            1 => rng.gen_range(1..5000),
+                            2 => rng.gen_range(4096..300_000),
+                            _ => 4096 * rng.gen_range(1..64),
+                        }
+                        .min(MAX - pos);
+                        match rng.gen_range(0..10) {
+                            0..=3 => {
+                                let data = pattern(step as u64 * 31 + t, len);
+                                f.write_all_at(&data, pos as u64).unwrap();
+                                if model.len() < pos + len {
+                                    model.resize(pos + len, 0);
+                                }
+                                model[pos..pos + len].copy_from_slice(&data);
+                            }
+                            4 | 5 => {
+                                let mut buf = vec![0u8; len];
+                                let n = f.read_at(&mut buf, pos as u64).unwrap();
+                                let want = model.len().saturating_sub(pos).min(len);
+                                assert_eq!(n, want, "{name} step {step}: read length");
+                                assert!(
+                                    buf[..n] == *model.get(pos..pos + n).unwrap_or(&[]),
+                                    "{name} step {step}: read {len} at {pos}"
+                                );
+                            }
+                            6 => {
+                                f.set_len(pos as u64).unwrap();
+                                model.resize(pos, 0);
+                            }
+                            7 => {
+                                let mode = if rng.gen_bool(0.5) {
+                                    F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE
+                                } else {
+                                    F::FALLOC_FL_ZERO_RANGE
+                                };
+                                fallocate(&f, mode, pos as i64, len as i64).unwrap();
+                                let end = (pos + len).min(model.len());
+                                if pos < end {
+                                    model[pos..end].fill(0);
+                                }
+                                if mode == F::FALLOC_FL_ZERO_RANGE && model.len() < pos + len {
+                                    model.resize(pos + len, 0);
+                                }
+                            }
+                            8 => {
+                                fallocate(&f, F::FALLOC_FL_KEEP_SIZE, pos as i64, len as i64)
+                                    .unwrap();
+                            }
+                            _ => {
+                                if rng.gen_bool(0.5) {
+                                    f.sync_data().unwrap();
+                                } else {
+                                    f.sync_all().unwrap();
+                                }
+                            }
+                        }
+                        assert_eq!(
+                            f.metadata().unwrap().len(),
+                            model.len() as u64,
+                            "{name} step {step}: size"
+                        );
+                    }
+                    (name, model)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (name, model) in &models {
+        assert!(
+            fs::read(d.path(name)).unwrap() == *model,
+            "{name} after the run"
+        );
+    }
+    d.unmount();
+    assert_eq!(fsck(&dir.join("img")).0, 0);
+    let d = Daemon::start(&dir, &[]);
+    for (name, model) in &models {
+        assert!(
+            fs::read(d.path(name)).unwrap() == *model,
+            "{name} after a remount"
+        );
+    }
+    d.unmount();
+}
