@@ -1,8 +1,8 @@
 //! What the page cache holds for a mounted filesystem, and the two levers a daemon pulls to
 //! keep it in bounds: background writeback of dirty data and dropping clean folios.
 //!
-//! These walk every cached folio of every file in memory, so they are for a statistics
-//! request or a flusher's periodic pass, not for every write.
+//! The usage comes from the engine's gauges and costs nothing; writeback and dropping walk
+//! the files in memory.
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ pub struct CacheUsage {
     pub folios: u64,
     /// Bytes of folio data cached, whatever their state.
     pub cached_bytes: u64,
-    /// Bytes in dirty blocks (not yet under writeback).
+    /// Bytes of dirty folios (a folio counts whole, as Linux's dirty accounting does).
     pub dirty_bytes: u64,
     /// Bytes of folios under writeback.
     pub writeback_bytes: u64,
@@ -40,28 +40,16 @@ impl ExtentFs {
         nodes.into_iter().map(|(_, n)| n).collect()
     }
 
-    /// What the cache holds now.
+    /// What the cache holds now (the engine's gauges: no folio is visited).
     pub fn cache_usage(&self) -> CacheUsage {
-        let nodes = self.cached_nodes();
-        let mut u = CacheUsage {
-            files: nodes.len() as u64,
-            ..CacheUsage::default()
-        };
-        for n in &nodes {
-            for f in n.mapping.folios_in(0, u64::MAX) {
-                u.folios += 1;
-                u.cached_bytes += f.size() as u64;
-                if f.is_writeback() {
-                    u.writeback_bytes += f.size() as u64;
-                }
-                u.dirty_bytes += f
-                    .dirty_ranges()
-                    .iter()
-                    .map(|&(_, len)| len as u64)
-                    .sum::<u64>();
-            }
+        let g = self.shared.cache.usage();
+        CacheUsage {
+            files: self.nodes.lock().len() as u64,
+            folios: g.folios,
+            cached_bytes: g.cached_bytes,
+            dirty_bytes: g.dirty_bytes,
+            writeback_bytes: g.writeback_bytes,
         }
-        u
     }
 
     /// Starts background writeback of every file's dirty data, about `budget_bytes` in all
@@ -97,23 +85,14 @@ impl ExtentFs {
     /// Drops clean, unlocked folios not under writeback until about `want_bytes` are freed;
     /// returns the bytes freed. Dirty data stays: write it back first to free more.
     pub fn release_clean(&self, want_bytes: u64) -> u64 {
-        let mut freed = 0;
+        let cached = || self.shared.cache.usage().cached_bytes;
+        let start = cached();
         for n in self.cached_nodes() {
-            if freed >= want_bytes {
+            if start.saturating_sub(cached()) >= want_bytes {
                 break;
             }
-            let before: u64 = cached_bytes(&n);
             n.mapping.release_clean(0, u64::MAX);
-            freed += before.saturating_sub(cached_bytes(&n));
         }
-        freed
+        start.saturating_sub(cached())
     }
-}
-
-fn cached_bytes(n: &Node) -> u64 {
-    n.mapping
-        .folios_in(0, u64::MAX)
-        .iter()
-        .map(|f| f.size() as u64)
-        .sum()
 }

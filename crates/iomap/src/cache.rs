@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::stats::CacheStats;
+use crate::stats::{CacheGauges, CacheStats, GaugeSnapshot};
 use crate::writeback::CompletionQueue;
 
 /// Sizes that shape every folio of a cache.
@@ -28,6 +28,7 @@ impl Default for CacheConfig {
 pub struct PageCache {
     config: CacheConfig,
     stats: CacheStats,
+    gauges: CacheGauges,
     completions: Arc<CompletionQueue>,
 }
 
@@ -56,6 +57,7 @@ impl PageCache {
         Ok(Arc::new(Self {
             config,
             stats: CacheStats::default(),
+            gauges: CacheGauges::default(),
             completions: CompletionQueue::new(),
         }))
     }
@@ -68,6 +70,15 @@ impl PageCache {
     /// The counters.
     pub fn stats(&self) -> &CacheStats {
         &self.stats
+    }
+
+    /// What the cache holds now: folios, and bytes cached, dirty and under writeback.
+    pub fn usage(&self) -> GaugeSnapshot {
+        self.gauges.snapshot()
+    }
+
+    pub(crate) fn gauges(&self) -> &CacheGauges {
+        &self.gauges
     }
 
     pub(crate) fn completions(&self) -> &Arc<CompletionQueue> {

@@ -44,7 +44,7 @@ pub use mapping::Mapping;
 pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
 pub use readahead::{buffered_read_ra, Advice, RaState, DEFAULT_MAX_READAHEAD};
 pub use seek::{seek_data, seek_hole};
-pub use stats::{CacheStats, Counter, StatsSnapshot};
+pub use stats::{CacheStats, Counter, GaugeSnapshot, StatsSnapshot};
 pub use write::{
     buffered_write, file_unshare, page_mkwrite, write_begin, write_end, MkwriteFolio, ReaderSource,
     SliceSource, WriteSource,

@@ -19,6 +19,7 @@ use crate::cache::PageCache;
 use crate::error::{Error, Result};
 use crate::errseq::ErrSeq;
 use crate::folio::{Folio, FolioGuard};
+use crate::stats::Gauge;
 
 const SHARDS: usize = 64;
 
@@ -219,6 +220,7 @@ impl Mapping {
             let guard = Folio::new_locked(fpos, size, self.block_shift);
             map.insert(fpos, Arc::clone(&guard));
             self.cache.stats().folios_added.add(1);
+            self.cache.gauges().added(size as u64);
             return (guard, true);
         }
     }
@@ -234,6 +236,7 @@ impl Mapping {
         let guard = Folio::new_locked(fpos, size, self.block_shift);
         map.insert(fpos, Arc::clone(&guard));
         self.cache.stats().folios_added.add(1);
+        self.cache.gauges().added(size as u64);
         Some(guard)
     }
 
@@ -303,11 +306,17 @@ impl Mapping {
 
     /// Removes a locked folio from the index; its dirty data is discarded.
     fn remove_folio(&self, guard: &FolioGuard) {
-        self.shard(guard.pos()).write().remove(&guard.pos());
+        if self
+            .shard(guard.pos())
+            .write()
+            .remove(&guard.pos())
+            .is_some()
+        {
+            self.cache.gauges().removed(guard.size() as u64);
+        }
         guard.detach();
-        let mut tags = self.tags.lock();
-        tags.dirty.remove(&guard.pos());
-        tags.writeback.remove(&guard.pos());
+        self.tag(Gauge::Dirty, guard, false);
+        self.tag(Gauge::Writeback, guard, false);
         self.cache.stats().folios_removed.add(1);
     }
 
@@ -318,14 +327,14 @@ impl Mapping {
     /// the folio holds a write-pending share (see `Folio::start_writeback`).
     pub(crate) fn start_writeback(&self, guard: &FolioGuard) -> bool {
         let share = guard.start_writeback();
-        self.tags.lock().writeback.insert(guard.pos());
+        self.tag(Gauge::Writeback, guard, true);
         share
     }
 
     /// Ends writeback of a folio whose write I/O is all done: flag and tag cleared, waiters
     /// woken. Runs on completion paths without the folio lock.
     pub(crate) fn end_writeback(&self, folio: &Folio) {
-        self.tags.lock().writeback.remove(&folio.pos());
+        self.tag(Gauge::Writeback, folio, false);
         folio.clear_writeback();
     }
 
@@ -359,7 +368,7 @@ impl Mapping {
     /// Marks the blocks touching `[off, off + len)` of a locked folio dirty, and tags it.
     pub(crate) fn mark_dirty(&self, guard: &FolioGuard, off: usize, len: usize) {
         if guard.set_range_dirty(off, len) {
-            self.tags.lock().dirty.insert(guard.pos());
+            self.tag(Gauge::Dirty, guard, true);
         }
     }
 
@@ -367,7 +376,24 @@ impl Mapping {
     /// untags it when it becomes clean.
     pub fn clear_dirty(&self, guard: &FolioGuard, off: usize, len: usize) {
         if guard.clear_range_dirty(off, len) {
-            self.tags.lock().dirty.remove(&guard.pos());
+            self.tag(Gauge::Dirty, guard, false);
+        }
+    }
+
+    /// Sets or clears a tag of `folio`, moving the cache's gauge when the tag changes.
+    fn tag(&self, gauge: Gauge, folio: &Folio, on: bool) {
+        let mut tags = self.tags.lock();
+        let set = match gauge {
+            Gauge::Dirty => &mut tags.dirty,
+            Gauge::Writeback => &mut tags.writeback,
+        };
+        let changed = if on {
+            set.insert(folio.pos())
+        } else {
+            set.remove(&folio.pos())
+        };
+        if changed {
+            self.cache.gauges().tagged(gauge, folio.size() as u64, on);
         }
     }
 
@@ -520,5 +546,25 @@ impl Mapping {
             }
         }
         None
+    }
+}
+
+impl Drop for Mapping {
+    /// A mapping dropped with folios cached takes them out of its cache's gauges.
+    fn drop(&mut self) {
+        let gauges = self.cache.gauges();
+        let tags = self.tags.get_mut();
+        for shard in self.shards.iter_mut() {
+            for (pos, f) in shard.get_mut().iter() {
+                let size = f.size() as u64;
+                gauges.removed(size);
+                if tags.dirty.contains(pos) {
+                    gauges.tagged(Gauge::Dirty, size, false);
+                }
+                if tags.writeback.contains(pos) {
+                    gauges.tagged(Gauge::Writeback, size, false);
+                }
+            }
+        }
     }
 }

@@ -47,6 +47,70 @@ impl Counter {
     }
 }
 
+/// What a cache holds now, exactly: changed under the locks that change what they count, so
+/// unlike the counters they are accounting, not statistics.
+#[derive(Default)]
+pub struct CacheGauges {
+    folios: AtomicU64,
+    cached_bytes: AtomicU64,
+    dirty_bytes: AtomicU64,
+    writeback_bytes: AtomicU64,
+}
+
+/// A point-in-time copy of [`CacheGauges`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GaugeSnapshot {
+    /// Folios cached.
+    pub folios: u64,
+    /// Bytes of folio data cached, whatever their state.
+    pub cached_bytes: u64,
+    /// Bytes of dirty folios (a folio counts whole, as Linux's dirty page accounting does).
+    pub dirty_bytes: u64,
+    /// Bytes of folios under writeback.
+    pub writeback_bytes: u64,
+}
+
+/// Which gauge a tag change moves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Gauge {
+    Dirty,
+    Writeback,
+}
+
+impl CacheGauges {
+    pub(crate) fn added(&self, bytes: u64) {
+        self.folios.fetch_add(1, Ordering::Relaxed);
+        self.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn removed(&self, bytes: u64) {
+        self.folios.fetch_sub(1, Ordering::Relaxed);
+        self.cached_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tagged(&self, gauge: Gauge, bytes: u64, on: bool) {
+        let g = match gauge {
+            Gauge::Dirty => &self.dirty_bytes,
+            Gauge::Writeback => &self.writeback_bytes,
+        };
+        if on {
+            g.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            g.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads every gauge (each exact; together, a moment's view give or take a change).
+    pub fn snapshot(&self) -> GaugeSnapshot {
+        GaugeSnapshot {
+            folios: self.folios.load(Ordering::Relaxed),
+            cached_bytes: self.cached_bytes.load(Ordering::Relaxed),
+            dirty_bytes: self.dirty_bytes.load(Ordering::Relaxed),
+            writeback_bytes: self.writeback_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 macro_rules! cache_stats {
     ($($(#[$doc:meta])* $name:ident,)*) => {
         /// Counters kept by a page cache, read by `stats` tools and benchmarks.

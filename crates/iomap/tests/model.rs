@@ -366,12 +366,19 @@ fn apply_step(fs: &TestFs, model: &Model, step: Step) {
         Step::Flush => {
             fs.flush_all();
             check_device(fs, model);
+            let usage = fs.mapping.cache().usage();
+            assert_eq!(
+                (usage.dirty_bytes, usage.writeback_bytes),
+                (0, 0),
+                "{usage:?}"
+            );
         }
         Step::DropCaches => {
             fs.flush_all();
             check_device(fs, model);
             fs.mapping.release_clean(0, u64::MAX);
             assert_eq!(fs.mapping.nr_folios(), 0, "every folio was clean");
+            assert_eq!(fs.mapping.cache().usage(), iomap::GaugeSnapshot::default());
         }
         Step::Verify => verify_contents(fs, model),
         Step::Fsync { pos, len } => {
@@ -406,7 +413,20 @@ fn apply_step(fs: &TestFs, model: &Model, step: Step) {
 
 fn check_invariants(fs: &TestFs, model: &Model) {
     assert_eq!(fs.mapping.size(), model.data.len() as u64, "file size");
-    for folio in fs.mapping.folios_in(0, u64::MAX) {
+    // The cache's gauges account exactly what a walk of its folios finds.
+    let folios = fs.mapping.folios_in(0, u64::MAX);
+    let usage = fs.mapping.cache().usage();
+    assert_eq!(usage.folios, folios.len() as u64, "folio gauge");
+    let bytes = |keep: &dyn Fn(&iomap::Folio) -> bool| -> u64 {
+        folios
+            .iter()
+            .filter(|f| keep(f))
+            .map(|f| f.size() as u64)
+            .sum()
+    };
+    assert_eq!(usage.cached_bytes, bytes(&|_| true), "cached gauge");
+    assert_eq!(usage.dirty_bytes, bytes(&|f| f.is_dirty()), "dirty gauge");
+    for folio in folios {
         let s = folio.snapshot();
         assert!(!folio.is_locked(), "folio {} left locked", s.pos);
         assert_eq!(folio.read_bytes_pending(), 0);

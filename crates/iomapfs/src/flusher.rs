@@ -2,10 +2,9 @@
 //! threshold and drops clean cached data past the cache size, and the throttle that makes
 //! writers wait while dirty data is over its hard limit.
 //!
-//! Writers account the bytes they write as an estimate; each flusher pass measures what the
-//! cache really holds and replaces the estimate, so the estimate errs only between passes.
-//! Files are written back oldest-dirtied first, as the kernel's flusher walks its dirty
-//! inode list. Lock order: the flusher's state lock is taken alone, never while a filesystem
+//! Both read the engine's gauges (exact, and free to read) for what the cache holds. Data
+//! under writeback still holds memory and counts as dirty until it completes. Files are
+//! written back oldest-dirtied first, as the kernel's flusher walks its dirty inode list. Lock order: the flusher's state lock is taken alone, never while a filesystem
 //! call runs.
 
 use std::collections::HashMap;
@@ -68,14 +67,10 @@ pub struct FlusherStats {
 struct State {
     /// When each file with dirty data was first dirtied since it was last written back.
     dirtied: HashMap<Ino, Instant>,
-    dirty_estimate: u64,
-    cached_estimate: u64,
     /// A pass is wanted now rather than at the next tick.
     kick: bool,
     /// The last pass left the cache over a limit with writeback under way: look again soon.
     soon: bool,
-    /// When a pass last measured the cache.
-    measured: Option<Instant>,
     stop: bool,
 }
 
@@ -98,8 +93,6 @@ pub struct Flusher {
 const TICK: Duration = Duration::from_millis(500);
 /// How soon it looks again while writeback it started is still freeing memory.
 const SOON: Duration = Duration::from_millis(10);
-/// How often the estimates are corrected by measuring when no limit is near.
-const MEASURE_EVERY: Duration = Duration::from_secs(5);
 
 impl Flusher {
     /// Starts the flusher for `fs`.
@@ -132,43 +125,53 @@ impl Flusher {
         &self.shared.stats
     }
 
-    /// Accounts `bytes` just written to `ino`, and waits while dirty data is over the hard
-    /// limit. Call with no filesystem lock held.
-    pub fn wrote(&self, ino: Ino, bytes: u64) {
+    /// Notes that `ino` was just written, and waits while dirty data is over the hard limit.
+    /// Call with no filesystem lock held.
+    pub fn wrote(&self, ino: Ino) {
         let s = &*self.shared;
-        let mut st = s.state.lock();
-        st.dirtied.entry(ino).or_insert_with(Instant::now);
-        st.dirty_estimate += bytes;
-        st.cached_estimate += bytes;
-        if st.dirty_estimate > s.limits.dirty_background_bytes
-            || st.cached_estimate > s.limits.cache_bytes
-        {
-            st.kick = true;
-            s.wake.notify_one();
+        s.state
+            .lock()
+            .dirtied
+            .entry(ino)
+            .or_insert_with(Instant::now);
+        let over = |s: &Shared| {
+            let u = s.fs.cache().usage();
+            let dirty = u.dirty_bytes + u.writeback_bytes;
+            (dirty, u.cached_bytes)
+        };
+        let (dirty, cached) = over(s);
+        if dirty > s.limits.dirty_background_bytes || cached > s.limits.cache_bytes {
+            s.kick();
         }
-        if st.dirty_estimate <= s.limits.dirty_bytes || st.stop {
+        if dirty <= s.limits.dirty_bytes {
             return;
         }
         let start = Instant::now();
         s.stats.throttled_writes.fetch_add(1, Ordering::Relaxed);
-        while st.dirty_estimate > s.limits.dirty_bytes && !st.stop {
-            st.kick = true;
-            s.wake.notify_one();
-            s.progress.wait_for(&mut st, TICK);
+        loop {
+            {
+                let mut st = s.state.lock();
+                if st.stop {
+                    break;
+                }
+                st.kick = true;
+                s.wake.notify_one();
+                s.progress.wait_for(&mut st, TICK);
+            }
+            if over(s).0 <= s.limits.dirty_bytes {
+                break;
+            }
         }
         s.stats
             .throttled_micros
             .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Accounts `bytes` just read (they may have been added to the cache).
-    pub fn read(&self, bytes: u64) {
+    /// Notes that data was read (and may have been added to the cache).
+    pub fn read(&self) {
         let s = &*self.shared;
-        let mut st = s.state.lock();
-        st.cached_estimate += bytes;
-        if st.cached_estimate > s.limits.cache_bytes && !st.kick {
-            st.kick = true;
-            s.wake.notify_one();
+        if s.fs.cache().usage().cached_bytes > s.limits.cache_bytes {
+            s.kick();
         }
     }
 
@@ -207,6 +210,15 @@ impl Drop for Stopped<'_> {
 }
 
 impl Shared {
+    /// Asks for a pass now.
+    fn kick(&self) {
+        let mut st = self.state.lock();
+        if !st.kick {
+            st.kick = true;
+            self.wake.notify_one();
+        }
+    }
+
     fn run(&self) {
         let _stopped = Stopped(self);
         loop {
@@ -226,35 +238,23 @@ impl Shared {
     }
 
     /// One look at the cache: expired files first, then oldest files until dirty data is
-    /// under the background threshold, then clean data past the cache size. Measuring the
-    /// cache walks every folio, so a pass measures only when the writers' estimates cross a
-    /// limit, or every few seconds to correct them.
+    /// under the background threshold, then clean data past the cache size.
     fn pass(&self) {
         self.stats.passes.fetch_add(1, Ordering::Relaxed);
-        let (over, due) = {
-            let st = self.state.lock();
-            (
-                st.dirty_estimate > self.limits.dirty_background_bytes
-                    || st.cached_estimate > self.limits.cache_bytes,
-                st.measured.is_none_or(|t| t.elapsed() >= MEASURE_EVERY),
-            )
-        };
-        let usage = (over || due).then(|| self.fs.cache_usage());
+        let usage = self.fs.cache_usage();
         let now = Instant::now();
         let mut oldest: Vec<(Instant, Ino)> = {
             let st = self.state.lock();
             st.dirtied.iter().map(|(&ino, &t)| (t, ino)).collect()
         };
         oldest.sort_unstable();
-        let mut dirty = usage.map_or(0, |u| u.dirty_bytes);
-        let mut acted = false;
+        let mut dirty = usage.dirty_bytes;
         for (at, ino) in oldest {
             let expired = now.duration_since(at) >= self.limits.dirty_expire;
             let over = dirty > self.limits.dirty_background_bytes;
             if !expired && !over {
                 break;
             }
-            acted = true;
             self.state.lock().dirtied.remove(&ino);
             let counter = if expired {
                 &self.stats.expired_files
@@ -270,12 +270,8 @@ impl Shared {
                 }
             }
         }
-        let Some(usage) = usage else {
-            return;
-        };
         if dirty > self.limits.dirty_background_bytes {
-            // Dirty data the writers did not account (copies, zeroing): any file will do.
-            acted = true;
+            // Dirty data of files the writers did not note (zeroing): any file will do.
             let excess = dirty - self.limits.dirty_background_bytes / 2;
             if let Err(e) = self.fs.writeback_background(excess) {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -284,23 +280,17 @@ impl Shared {
         }
         if usage.cached_bytes > self.limits.cache_bytes {
             // Drop down to 90% so that a cache at its limit is not trimmed on every pass.
-            acted = true;
             let want = usage.cached_bytes - self.limits.cache_bytes / 10 * 9;
             let freed = self.fs.release_clean(want);
             self.stats
                 .reclaimed_bytes
                 .fetch_add(freed, Ordering::Relaxed);
         }
-        let after: CacheUsage = if acted { self.fs.cache_usage() } else { usage };
-        let mut st = self.state.lock();
-        st.measured = Some(Instant::now());
-        // Data under writeback still holds memory and counts as dirty until it completes.
-        st.dirty_estimate = after.dirty_bytes + after.writeback_bytes;
-        st.cached_estimate = after.cached_bytes;
+        let after: CacheUsage = self.fs.cache_usage();
+        let over = after.dirty_bytes + after.writeback_bytes > self.limits.dirty_background_bytes
+            || after.cached_bytes > self.limits.cache_bytes;
         // Writeback completing is what frees the rest: look again soon.
-        st.soon = (st.dirty_estimate > self.limits.dirty_background_bytes
-            || st.cached_estimate > self.limits.cache_bytes)
-            && (after.writeback_bytes > 0 || after.dirty_bytes > 0);
+        self.state.lock().soon = over && (after.writeback_bytes > 0 || after.dirty_bytes > 0);
         self.progress.notify_all();
     }
 }

@@ -361,7 +361,7 @@ impl fuser::Filesystem for FuseFs {
             };
             match res {
                 Ok(n) => {
-                    self.flusher.read(n as u64);
+                    self.flusher.read();
                     reply.data(&buf[..n]);
                 }
                 Err(e) => reply.error(fs_errno(&e)),
@@ -391,7 +391,7 @@ impl fuser::Filesystem for FuseFs {
                 // The writer waits here, inside its write call, while dirty data is over the
                 // limit (as the kernel's writers wait in balance_dirty_pages); no filesystem
                 // lock is held meanwhile.
-                self.flusher.wrote(ino.0, n as u64);
+                self.flusher.wrote(ino.0);
                 reply.written(n as u32);
             }
             Err(e) => reply.error(fs_errno(&e)),
@@ -665,7 +665,7 @@ impl fuser::Filesystem for FuseFs {
             .copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
         {
             Ok(n) => {
-                self.flusher.wrote(ino_out.0, n);
+                self.flusher.wrote(ino_out.0);
                 reply.written(n as u32);
             }
             Err(e) => reply.error(fs_errno(&e)),
