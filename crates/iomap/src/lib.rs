@@ -42,7 +42,10 @@ pub use iter::IomapIter;
 pub use linear::LinearMap;
 pub use mapping::Mapping;
 pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
-pub use readahead::{buffered_read_ra, Advice, RaState, DEFAULT_MAX_READAHEAD};
+pub use readahead::{
+    buffered_read_ra, buffered_read_uncached, fadvise_dontneed, fadvise_willneed, Advice, RaState,
+    DEFAULT_MAX_READAHEAD,
+};
 pub use seek::{seek_data, seek_hole};
 pub use stats::{CacheStats, Counter, GaugeSnapshot, StatsSnapshot};
 pub use write::{

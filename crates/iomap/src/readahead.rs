@@ -9,12 +9,16 @@
 //! flight) and the device sees one large request per window. Lock order: the state's lock,
 //! then the mapping's invalidate lock (taken by [`readahead`]), then folio locks.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
 use crate::error::Result;
 use crate::iomap::IomapOps;
 use crate::mapping::Mapping;
 use crate::read::{buffered_read, readahead};
+use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
 
 /// The default largest window: 1 MiB, a full device request on most devices here (Linux's
 /// default is 128 KiB, raised to the device's optimal I/O size).
@@ -232,6 +236,56 @@ fn submit(mapping: &Mapping, ops: &dyn IomapOps, w: &Window) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `POSIX_FADV_WILLNEED`: starts reading `[start, start + len)` into the cache now.
+pub fn fadvise_willneed(mapping: &Mapping, ops: &dyn IomapOps, start: u64, len: u64) -> Result<()> {
+    readahead(mapping, ops, start, len)
+}
+
+/// `POSIX_FADV_DONTNEED`: starts writeback of the dirty data in `[start, start + len)` and
+/// drops the range's clean folios (those still dirty or under writeback stay, as in Linux).
+pub fn fadvise_dontneed(
+    mapping: &Arc<Mapping>,
+    wb: &Arc<dyn WritebackOps>,
+    start: u64,
+    len: u64,
+) -> Result<()> {
+    let end = start.saturating_add(len);
+    let mut wbc = WritebackControl {
+        sync_mode: SyncMode::None,
+        start,
+        end,
+        budget_bytes: None,
+        written_bytes: 0,
+    };
+    let written = writepages(mapping, wb, &mut wbc);
+    mapping.release_clean(start, end);
+    written
+}
+
+/// An uncached read (Linux's `RWF_DONTCACHE`): reads as [`buffered_read`] does, then drops
+/// the folios the read brought in, so a one-off scan does not push out what others use.
+/// Folios that were cached before stay.
+pub fn buffered_read_uncached(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    pos: u64,
+    dst: &mut [u8],
+) -> Result<usize> {
+    let end = pos.saturating_add(dst.len() as u64);
+    let before: HashSet<u64> = mapping
+        .folios_in(pos, end)
+        .iter()
+        .map(|f| f.pos())
+        .collect();
+    let n = buffered_read(mapping, ops, pos, dst)?;
+    for f in mapping.folios_in(pos, end) {
+        if !before.contains(&f.pos()) {
+            mapping.release_clean(f.pos(), f.end());
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

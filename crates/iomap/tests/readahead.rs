@@ -172,3 +172,67 @@ fn reads_as_large_as_the_window_keep_one_window_in_flight_ahead() {
     );
     assert_eq!(ra.window().0, 2 * MIB);
 }
+
+#[test]
+fn fadvise_willneed_reads_ahead_now_and_the_read_finds_it_cached() {
+    let fs = file(4 * MIB);
+    iomap::fadvise_willneed(&fs.mapping, &fs, MIB, MIB).unwrap();
+    assert_eq!(read_sizes(&fs), vec![MIB]);
+    let mut buf = vec![0u8; MIB as usize];
+    iomap::buffered_read(&fs.mapping, &fs, MIB, &mut buf).unwrap();
+    assert!(read_sizes(&fs).is_empty(), "served from the cache");
+    assert!(buf
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == fill(MIB + i as u64)));
+}
+
+#[test]
+fn fadvise_dontneed_writes_back_and_drops_the_range() {
+    let fs = file(4 * MIB);
+    let mut buf = vec![0u8; MIB as usize];
+    // Two reads, two 1 MiB folios: the second lies wholly outside the range dropped.
+    iomap::buffered_read(&fs.mapping, &fs, 0, &mut buf).unwrap();
+    iomap::buffered_read(&fs.mapping, &fs, MIB, &mut buf).unwrap();
+    fs.write(4096, b"dirty").unwrap();
+    let _ = fs.log();
+    let before = fs.mapping.cache().usage();
+    assert!(
+        before.cached_bytes >= 2 * MIB && before.dirty_bytes > 0,
+        "{before:?}"
+    );
+    iomap::fadvise_dontneed(&fs.mapping, &fs.wb, 0, MIB).unwrap();
+    fs.mapping.wait_writeback_range(0, MIB);
+    assert_eq!(
+        TestFs::requests(&fs.log(), Op::Write).len(),
+        1,
+        "the dirty block went out"
+    );
+    fs.mapping.release_clean(0, MIB);
+    let after = fs.mapping.cache().usage();
+    assert_eq!(after.dirty_bytes, 0);
+    assert!(fs.mapping.folios_in(0, MIB).is_empty(), "{after:?}");
+    assert!(
+        !fs.mapping.folios_in(MIB, 2 * MIB).is_empty(),
+        "outside the range stays"
+    );
+    assert_eq!(fs.read(4096, 5).unwrap(), b"dirty");
+}
+
+#[test]
+fn an_uncached_read_leaves_only_what_was_cached_before() {
+    let fs = file(8 * MIB);
+    let mut buf = vec![0u8; MIB as usize];
+    iomap::buffered_read(&fs.mapping, &fs, 0, &mut buf).unwrap();
+    let cached = fs.mapping.cache().usage().cached_bytes;
+    assert_eq!(cached, MIB);
+    let mut all = vec![0u8; 8 * MIB as usize];
+    let n = iomap::buffered_read_uncached(&fs.mapping, &fs, 0, &mut all).unwrap();
+    assert_eq!(n, all.len());
+    assert!(all.iter().enumerate().all(|(i, &b)| b == fill(i as u64)));
+    assert_eq!(fs.mapping.cache().usage().cached_bytes, MIB);
+    assert!(
+        !fs.mapping.folios_in(0, MIB).is_empty(),
+        "the hot first MiB stays"
+    );
+}
