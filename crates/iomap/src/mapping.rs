@@ -334,7 +334,16 @@ impl Mapping {
     /// Ends writeback of a folio whose write I/O is all done: flag and tag cleared, waiters
     /// woken. Runs on completion paths without the folio lock.
     pub(crate) fn end_writeback(&self, folio: &Folio) {
-        self.tag(Gauge::Writeback, folio, false);
+        // Only this folio's tag: a folio removed under writeback may have been replaced at
+        // the same offset by one whose writeback has started since.
+        let indexed = self
+            .shard(folio.pos())
+            .read()
+            .get(&folio.pos())
+            .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), folio));
+        if indexed {
+            self.tag(Gauge::Writeback, folio, false);
+        }
         folio.clear_writeback();
     }
 

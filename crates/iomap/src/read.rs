@@ -108,7 +108,7 @@ fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()>
     let started = {
         let _invalidate = mapping.invalidate_lock().read();
         match mapping.find_folio(pos) {
-            None => readahead_locked(mapping, ops, pos, len),
+            None => readahead_locked(mapping, ops, pos, len, None),
             Some(folio) => {
                 let guard = folio.lock();
                 let off = (pos - guard.pos()) as usize;
@@ -146,16 +146,49 @@ pub fn read_folio(mapping: &Mapping, ops: &dyn IomapOps, guard: FolioGuard) -> R
 /// are left alone. Returns once the reads are submitted.
 pub fn readahead(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
     let _invalidate = mapping.invalidate_lock().read();
-    readahead_locked(mapping, ops, pos, len)
+    readahead_locked(mapping, ops, pos, len, None)
 }
 
-fn readahead_locked(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
+/// [`readahead`] with a readahead marker: no new folio crosses `mark`, and the folio holding
+/// it carries the marker, so the window still goes out as one request where it can.
+pub(crate) fn readahead_marked(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    pos: u64,
+    len: u64,
+    mark: Option<u64>,
+) -> Result<()> {
+    let _invalidate = mapping.invalidate_lock().read();
+    readahead_locked(mapping, ops, pos, len, mark)
+}
+
+fn readahead_locked(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    pos: u64,
+    len: u64,
+    mark: Option<u64>,
+) -> Result<()> {
     let end = pos.saturating_add(len).min(mapping.size());
+    let mark = mark.filter(|&m| m < end);
+    let holds_mark = |f: &Folio| mark.is_some_and(|m| f.pos() <= m && m < f.end());
+    if let Some(cached) = mark.and_then(|m| mapping.find_folio(m)) {
+        cached.set_readahead();
+    }
     let mut p = pos;
     let mut run: Vec<FolioGuard> = Vec::new();
     while p < end {
-        match mapping.add_folio(p, end - p) {
+        let hint = match mark {
+            Some(m) if p < m => m.min(end) - p,
+            _ => end - p,
+        };
+        match mapping.add_folio(p, hint) {
             Some(guard) => {
+                // Marked before its read is submitted: a reader may reach it before the read
+                // completes.
+                if holds_mark(&guard) {
+                    guard.set_readahead();
+                }
                 p = guard.end();
                 run.push(guard);
             }

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use crate::error::Result;
 use crate::iomap::IomapOps;
 use crate::mapping::Mapping;
-use crate::read::{buffered_read, readahead};
+use crate::read::{buffered_read, readahead, readahead_marked};
 use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
 
 /// The default largest window: 1 MiB, a full device request on most devices here (Linux's
@@ -111,9 +111,19 @@ impl RaState {
     }
 }
 
+/// A window to submit: `[start, start + size)`, with the marker on the folio at `mark`.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    start: u64,
+    size: u64,
+    mark: Option<u64>,
+}
+
 /// Reads up to `dst.len()` bytes at `pos` as [`buffered_read`] does, first starting the
 /// readahead `ra` calls for: a window from the first missing folio when the read misses the
-/// cache, the next window when it reaches the readahead marker.
+/// cache, the next window when it reaches the readahead marker. The windows are worked out
+/// under the state's lock and submitted after it is dropped, so readers of one file do not
+/// wait on each other's extent lookups.
 pub fn buffered_read_ra(
     mapping: &Mapping,
     ops: &dyn IomapOps,
@@ -123,28 +133,59 @@ pub fn buffered_read_ra(
 ) -> Result<usize> {
     let size = mapping.size();
     let end = pos.saturating_add(dst.len() as u64).min(size);
+    let mut plans: Vec<Plan> = Vec::new();
     if pos < end && ra.max > 0 {
         let mut g = ra.inner.lock();
         let (w, advice) = &mut *g;
         let max = ra.max_for(*advice);
-        // A failed readahead leaves its folios not uptodate: the read below tries them again
-        // and reports the error (R5), so it is not reported here.
-        // Random advice reads what is asked for and leaves the state alone. Otherwise a miss
-        // starts a window, and a marker in the range (also one that window just set, when
-        // the read is as large as the window) starts the next, so that the reader is always
-        // a window behind the device.
+        // Random advice reads what is asked for and leaves the state alone.
         if *advice != Advice::Random {
+            let granule = mapping.min_folio_size() as u64;
             if let Some(gap) = first_gap(mapping, pos, end) {
-                let _ = sync_window(mapping, ops, w, *advice, max, gap, end);
-            }
-            if let Some((mpos, mend)) = take_marker(mapping, pos, end) {
-                let _ = async_window(mapping, ops, w, max, mpos, mend, end);
+                if sync_window(w, *advice, max, granule, pos, gap, end) {
+                    let mark = (w.start + w.size).saturating_sub(w.async_size);
+                    if mark < end {
+                        // The read is as large as the window: its marker would be reached
+                        // at once, so the next window goes out now too.
+                        plans.push(Plan {
+                            start: w.start,
+                            size: w.size,
+                            mark: None,
+                        });
+                        next_window(w, max);
+                    }
+                    plans.push(plan_of(w));
+                }
+            } else if let Some((mpos, mend)) = take_marker(mapping, pos, end) {
+                if async_window(mapping, w, max, mpos, mend, end) {
+                    plans.push(plan_of(w));
+                }
             }
         }
+    }
+    // A failed readahead leaves its folios not uptodate: the read below tries them again and
+    // reports the error (R5), so it is not reported here.
+    for p in plans {
+        let _ = readahead_marked(mapping, ops, p.start, p.size, p.mark);
     }
     let n = buffered_read(mapping, ops, pos, dst)?;
     ra.inner.lock().0.prev_end = pos + n as u64;
     Ok(n)
+}
+
+fn plan_of(w: &Window) -> Plan {
+    Plan {
+        start: w.start,
+        size: w.size,
+        mark: (w.async_size > 0).then(|| w.start + w.size - w.async_size),
+    }
+}
+
+/// The window after `w`, read ahead in full.
+fn next_window(w: &mut Window, max: u64) {
+    w.start += w.size;
+    w.size = next_size(w.size, max);
+    w.async_size = w.size;
 }
 
 /// The first byte of `[pos, end)`, rounded down to the smallest folio, that no cached folio
@@ -170,72 +211,62 @@ fn take_marker(mapping: &Mapping, pos: u64, end: u64) -> Option<(u64, u64)> {
         .map(|f| (f.pos(), f.end()))
 }
 
-/// A read missed the cache at `gap`: continue the stream it belongs to, start a new one, or,
-/// for a random read, read just what it asks.
+/// A read of `[pos, end)` missed the cache at `gap`. A read that continues the last one (in
+/// the same or the next smallest folio, as Linux compares page indices) or starts the file
+/// gets a window; the window that follows the current one exactly grows it. A random read
+/// gets none (false), and leaves the state alone.
 fn sync_window(
-    mapping: &Mapping,
-    ops: &dyn IomapOps,
     w: &mut Window,
     advice: Advice,
     max: u64,
+    granule: u64,
+    pos: u64,
     gap: u64,
     end: u64,
-) -> Result<()> {
-    let req = end - gap;
+) -> bool {
+    let last = w.prev_end.checked_sub(1).map(|b| b / granule);
     let sequential = advice == Advice::Sequential
-        || gap == 0
-        || gap == w.prev_end
-        || (w.size > 0 && gap >= w.start && gap <= w.start + w.size);
-    if !sequential {
-        return readahead(mapping, ops, gap, req);
-    }
+        || pos == 0
+        || last.is_some_and(|l| (l..=l + 1).contains(&(pos / granule)));
     if w.size > 0 && gap == w.start + w.size {
         // The reader outran the marker: the next window, as if it had been reached.
-        w.start = gap;
-        w.size = next_size(w.size, max);
-        w.async_size = w.size;
-    } else {
-        w.start = gap;
-        w.size = init_size(req, max).max(req.min(max));
-        w.async_size = if w.size > req { w.size - req } else { w.size };
+        next_window(w, max);
+        return true;
     }
-    submit(mapping, ops, w)
+    if !sequential {
+        return false;
+    }
+    let req = end.div_ceil(granule) * granule - gap;
+    w.start = gap;
+    w.size = init_size(req, max).max(req.min(max));
+    w.async_size = if w.size > req { w.size - req } else { w.size };
+    true
 }
 
-/// A read reached the marker on the folio `[mpos, mend)`: start the next window.
+/// A read reached the marker on the folio `[mpos, mend)`: the next window of the stream the
+/// marker belongs to. A marker from another stream, or left by an older window, starts one
+/// from the first uncached folio within a window's reach (none if all of that is cached),
+/// sized by what is cached already, as Linux does.
 fn async_window(
     mapping: &Mapping,
-    ops: &dyn IomapOps,
     w: &mut Window,
     max: u64,
     mpos: u64,
     mend: u64,
     end: u64,
-) -> Result<()> {
+) -> bool {
     let expected = (w.start + w.size).saturating_sub(w.async_size);
     if w.size > 0 && mpos <= expected && expected < mend {
-        w.start += w.size;
-        w.size = next_size(w.size, max);
-    } else {
-        // A marker from another stream or an older window: go on from the cached data.
-        let from = first_gap(mapping, mend, u64::MAX).unwrap_or(mend);
-        w.size = next_size(w.size.max(end - mpos), max);
-        w.start = from;
+        next_window(w, max);
+        return true;
     }
+    let Some(from) = first_gap(mapping, mend, mend.saturating_add(max)) else {
+        return false;
+    };
+    w.start = from;
+    w.size = next_size((from - mpos).max(end - mpos), max);
     w.async_size = w.size;
-    submit(mapping, ops, w)
-}
-
-/// Reads the window ahead and marks the folio where the next window should start.
-fn submit(mapping: &Mapping, ops: &dyn IomapOps, w: &Window) -> Result<()> {
-    readahead(mapping, ops, w.start, w.size)?;
-    if w.async_size > 0 {
-        let mark = w.start + w.size - w.async_size;
-        if let Some(f) = mapping.find_folio(mark) {
-            f.set_readahead();
-        }
-    }
-    Ok(())
+    true
 }
 
 /// `POSIX_FADV_WILLNEED`: starts reading `[start, start + len)` into the cache now.

@@ -263,7 +263,9 @@ impl Shared {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             match self.fs.writeback_file(ino) {
-                Ok(bytes) => dirty = dirty.saturating_sub(bytes),
+                // Dirty folios count whole: ask the gauge what is left rather than subtract
+                // the blocks written.
+                Ok(_) => dirty = self.fs.cache().usage().dirty_bytes,
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     debug!(ino, "background writeback failed: {e}");
