@@ -355,6 +355,7 @@ impl ExtentFs {
         mapping.set_max_file_size(max_file_size(self.shared.bs));
         mapping.set_size(size);
         let mapping = Arc::new(mapping);
+        self.shared.cache.register(&mapping);
         let node = Arc::new(Node {
             map: Arc::new(FileMap {
                 shared: Arc::clone(&self.shared),

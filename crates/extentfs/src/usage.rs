@@ -82,17 +82,10 @@ impl ExtentFs {
         Ok(wbc.written_bytes)
     }
 
-    /// Drops clean, unlocked folios not under writeback until about `want_bytes` are freed;
-    /// returns the bytes freed. Dirty data stays: write it back first to free more.
+    /// Evicts about `want_bytes` of clean folios from the cache, scan resistantly (a working
+    /// set read twice outlives a one-off scan: see `iomap::Reclaimer`); returns the bytes
+    /// evicted. Dirty data stays: write it back first to free more.
     pub fn release_clean(&self, want_bytes: u64) -> u64 {
-        let cached = || self.shared.cache.usage().cached_bytes;
-        let start = cached();
-        for n in self.cached_nodes() {
-            if start.saturating_sub(cached()) >= want_bytes {
-                break;
-            }
-            n.mapping.release_clean(0, u64::MAX);
-        }
-        start.saturating_sub(cached())
+        self.shared.cache.reclaim(want_bytes)
     }
 }

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::mapping::Mapping;
+use crate::memory::Reclaimer;
 use crate::stats::{CacheGauges, CacheStats, GaugeSnapshot};
 use crate::writeback::CompletionQueue;
 
@@ -29,6 +31,7 @@ pub struct PageCache {
     config: CacheConfig,
     stats: CacheStats,
     gauges: CacheGauges,
+    reclaimer: Reclaimer,
     completions: Arc<CompletionQueue>,
 }
 
@@ -58,6 +61,7 @@ impl PageCache {
             config,
             stats: CacheStats::default(),
             gauges: CacheGauges::default(),
+            reclaimer: Reclaimer::default(),
             completions: CompletionQueue::new(),
         }))
     }
@@ -79,6 +83,21 @@ impl PageCache {
 
     pub(crate) fn gauges(&self) -> &CacheGauges {
         &self.gauges
+    }
+
+    /// Lets [`Self::reclaim`] take folios from `mapping`, one of this cache's.
+    pub fn register(&self, mapping: &Arc<Mapping>) {
+        debug_assert!(
+            std::ptr::eq(&**mapping.cache(), self),
+            "a mapping of another cache"
+        );
+        self.reclaimer.register(mapping);
+    }
+
+    /// Evicts about `want_bytes` of clean folios from the registered mappings, scan
+    /// resistantly (see [`Reclaimer`]); returns the bytes evicted.
+    pub fn reclaim(&self, want_bytes: u64) -> u64 {
+        self.reclaimer.reclaim(want_bytes)
     }
 
     pub(crate) fn completions(&self) -> &Arc<CompletionQueue> {

@@ -25,6 +25,7 @@ mod iomap;
 mod iter;
 mod linear;
 mod mapping;
+mod memory;
 mod read;
 mod readahead;
 mod seek;
@@ -41,6 +42,7 @@ pub use iomap::{InlineData, Iomap, IomapFlags, IomapKind, IomapOps, IomapPair, I
 pub use iter::IomapIter;
 pub use linear::LinearMap;
 pub use mapping::Mapping;
+pub use memory::Reclaimer;
 pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
 pub use readahead::{
     buffered_read_ra, buffered_read_uncached, fadvise_dontneed, fadvise_willneed, Advice, RaState,

@@ -210,6 +210,7 @@ impl Mapping {
                 if guard.is_detached() {
                     continue;
                 }
+                guard.mark_accessed();
                 return (guard, false);
             }
             let mut map = self.shard(pos).write();
@@ -476,19 +477,27 @@ impl Mapping {
         self.truncate_range(size, u64::MAX);
     }
 
+    /// Evicts `folio` if it is clean, unlocked, not under writeback and still cached; whether
+    /// it was.
+    pub(crate) fn evict(&self, folio: &Arc<Folio>) -> bool {
+        let Some(guard) = folio.try_lock() else {
+            return false;
+        };
+        if guard.is_detached() || guard.is_dirty() || guard.is_writeback() {
+            return false;
+        }
+        self.remove_folio(&guard);
+        true
+    }
+
     /// Releases clean, unlocked folios in `[start, end)` that are not under writeback, the
     /// kernel's `invalidate_mapping_pages`. Returns how many were released.
     pub fn release_clean(&self, start: u64, end: u64) -> usize {
         let mut released = 0;
         for folio in self.folios_in(start, end) {
-            let Some(guard) = folio.try_lock() else {
-                continue;
-            };
-            if guard.is_detached() || guard.is_dirty() || guard.is_writeback() {
-                continue;
+            if self.evict(&folio) {
+                released += 1;
             }
-            self.remove_folio(&guard);
-            released += 1;
         }
         released
     }

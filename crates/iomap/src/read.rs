@@ -30,6 +30,19 @@ pub fn buffered_read(
     pos: u64,
     dst: &mut [u8],
 ) -> Result<usize> {
+    read_stream(mapping, ops, pos, dst, None)
+}
+
+/// [`buffered_read`] for a stream whose previous read ended at `prev_end`: the folio that
+/// read ended in is not marked accessed again, so a reader going through a large folio in
+/// small reads touches it once, as Linux's `filemap_read` does.
+pub(crate) fn read_stream(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    pos: u64,
+    dst: &mut [u8],
+    prev_end: Option<u64>,
+) -> Result<usize> {
     if pos > i64::MAX as u64 {
         return Err(Error::InvalidArgument(format!(
             "read offset {pos} is negative as a loff_t"
@@ -44,7 +57,8 @@ pub fn buffered_read(
             break;
         }
         let want = (dst.len() - done).min((size - p).try_into().unwrap_or(usize::MAX));
-        let n = copy_cached(mapping, p, &mut dst[done..done + want]);
+        let last = prev_end.and_then(|e| e.checked_sub(1));
+        let n = copy_cached(mapping, p, &mut dst[done..done + want], last);
         if n > 0 {
             stats.read_hits.add(1);
             done += n;
@@ -64,8 +78,9 @@ pub fn buffered_read(
 }
 
 /// Copies from uptodate cached blocks at `pos` until `dst` is full or a block is missing;
-/// takes no folio lock.
-fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8]) -> usize {
+/// takes no folio lock. Marks each folio accessed but the one holding byte `last` (where
+/// the stream's previous read ended).
+fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8], last: Option<u64>) -> usize {
     let mut done = 0;
     while done < dst.len() {
         let copied = mapping.with_folio(pos, |folio| {
@@ -73,6 +88,9 @@ fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8]) -> usize {
             let n = uptodate_bytes_from(folio, off).min(dst.len() - done);
             if n > 0 {
                 folio.copy_out(off, &mut dst[done..done + n]);
+                if !last.is_some_and(|l| folio.pos() <= l && l < folio.end()) {
+                    folio.mark_accessed();
+                }
             }
             n
         });

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use crate::error::Result;
 use crate::iomap::IomapOps;
 use crate::mapping::Mapping;
-use crate::read::{buffered_read, readahead, readahead_marked};
+use crate::read::{buffered_read, read_stream, readahead, readahead_marked};
 use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
 
 /// The default largest window: 1 MiB, a full device request on most devices here (Linux's
@@ -168,7 +168,8 @@ pub fn buffered_read_ra(
     for p in plans {
         let _ = readahead_marked(mapping, ops, p.start, p.size, p.mark);
     }
-    let n = buffered_read(mapping, ops, pos, dst)?;
+    let prev_end = ra.inner.lock().0.prev_end;
+    let n = read_stream(mapping, ops, pos, dst, (prev_end > 0).then_some(prev_end))?;
     ra.inner.lock().0.prev_end = pos + n as u64;
     Ok(n)
 }

@@ -33,6 +33,8 @@ const WRITEBACK: u32 = 1 << 3;
 const WAITERS: u32 = 1 << 4;
 const DETACHED: u32 = 1 << 5;
 const READAHEAD: u32 = 1 << 6;
+const REFERENCED: u32 = 1 << 7;
+const ACTIVE: u32 = 1 << 8;
 
 /// What debug builds fill new folios with (the kernel's slab poison byte).
 #[cfg(debug_assertions)]
@@ -154,6 +156,38 @@ impl Folio {
     /// Carries the readahead marker: a reader reaching it starts the next window.
     pub fn is_readahead(&self) -> bool {
         self.test(READAHEAD)
+    }
+
+    /// Notes an access, as the kernel's `folio_mark_accessed`: a first access marks the folio
+    /// referenced, a second makes it active (protected from reclaim while the active set is
+    /// no larger than the inactive one). Hot folios pay only a load.
+    pub fn mark_accessed(&self) {
+        let f = self.flags.load(Ordering::Relaxed);
+        if f & ACTIVE != 0 {
+            return;
+        }
+        if f & REFERENCED == 0 {
+            self.flags.fetch_or(REFERENCED, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_or(ACTIVE, Ordering::Relaxed);
+            self.flags.fetch_and(!REFERENCED, Ordering::Relaxed);
+        }
+    }
+
+    /// On the active list.
+    pub fn is_active(&self) -> bool {
+        self.test(ACTIVE)
+    }
+
+    /// Clears the referenced bit; whether it was set (a second chance in reclaim).
+    pub(crate) fn test_clear_referenced(&self) -> bool {
+        self.flags.fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED != 0
+    }
+
+    /// Moves the folio to the inactive list, unreferenced.
+    pub(crate) fn deactivate(&self) {
+        self.flags
+            .fetch_and(!(ACTIVE | REFERENCED), Ordering::Relaxed);
     }
 
     /// Sets the readahead marker (the kernel's PG_readahead).
