@@ -1,6 +1,9 @@
 //! The page cache as a whole: configuration shared by every mapping, and its counters.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
@@ -32,6 +35,10 @@ pub struct PageCache {
     stats: CacheStats,
     gauges: CacheGauges,
     reclaimer: Reclaimer,
+    /// Bytes of folios the cache keeps at most; `u64::MAX` for no limit.
+    budget: AtomicU64,
+    /// Held by the one thread reclaiming for the budget; others carry on meanwhile.
+    reclaiming: Mutex<()>,
     completions: Arc<CompletionQueue>,
 }
 
@@ -62,6 +69,8 @@ impl PageCache {
             stats: CacheStats::default(),
             gauges: CacheGauges::default(),
             reclaimer: Reclaimer::default(),
+            budget: AtomicU64::new(u64::MAX),
+            reclaiming: Mutex::new(()),
             completions: CompletionQueue::new(),
         }))
     }
@@ -92,6 +101,36 @@ impl PageCache {
             "a mapping of another cache"
         );
         self.reclaimer.register(mapping);
+    }
+
+    /// Keeps the cache within `bytes` (`None`: no limit): whenever a folio added takes it over,
+    /// the thread that added it evicts clean folios (see [`Self::reclaim`]) down to 90% of
+    /// the budget. Dirty data is not evicted: its writeback is the filesystem's flusher's.
+    pub fn set_budget(&self, bytes: Option<u64>) {
+        self.budget
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The budget, if one is set.
+    pub fn budget(&self) -> Option<u64> {
+        Some(self.budget.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
+    }
+
+    /// Direct reclaim after a folio was added; called with no shard lock held.
+    pub(crate) fn after_add(&self) {
+        let Some(budget) = self.budget() else {
+            return;
+        };
+        let cached = self.gauges.snapshot().cached_bytes;
+        if cached <= budget {
+            return;
+        }
+        let Some(_one) = self.reclaiming.try_lock() else {
+            return;
+        };
+        let freed = self.reclaimer.reclaim(cached - budget / 10 * 9);
+        self.stats.reclaims.add(1);
+        self.stats.reclaimed_bytes.add(freed);
     }
 
     /// Evicts about `want_bytes` of clean folios from the registered mappings, scan

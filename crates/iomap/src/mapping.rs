@@ -222,6 +222,8 @@ impl Mapping {
             map.insert(fpos, Arc::clone(&guard));
             self.cache.stats().folios_added.add(1);
             self.cache.gauges().added(size as u64);
+            drop(map);
+            self.cache.after_add();
             return (guard, true);
         }
     }
@@ -238,6 +240,8 @@ impl Mapping {
         map.insert(fpos, Arc::clone(&guard));
         self.cache.stats().folios_added.add(1);
         self.cache.gauges().added(size as u64);
+        drop(map);
+        self.cache.after_add();
         Some(guard)
     }
 

@@ -164,4 +164,8 @@ cache_stats! {
     folios_added,
     /// Folios removed from the cache.
     folios_removed,
+    /// Reclaim passes run because the cache went over its budget.
+    reclaims,
+    /// Bytes of clean folios evicted by those passes.
+    reclaimed_bytes,
 }

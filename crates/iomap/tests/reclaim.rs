@@ -131,3 +131,35 @@ fn a_stream_reading_a_large_folio_in_small_reads_touches_it_once() {
         .iter()
         .all(|f| f.is_active()));
 }
+
+#[test]
+fn a_budget_keeps_reads_within_it_by_direct_reclaim_and_keeps_the_working_set() {
+    let fs = file();
+    let cache = fs.mapping.cache();
+    cache.set_budget(Some(4 * MIB));
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = |start: u64, end: u64| {
+        let mut pos = start;
+        while pos < end {
+            let n = iomap::buffered_read(&fs.mapping, &fs, pos, &mut buf).unwrap();
+            assert!(buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == fill(pos + i as u64)));
+            pos += n as u64;
+            let cached = cache.usage().cached_bytes;
+            assert!(cached <= 4 * MIB, "{cached} cached over a 4 MiB budget");
+        }
+    };
+    read(0, MIB);
+    read(0, MIB);
+    read(4 * MIB, 32 * MIB);
+    let stats = cache.stats().snapshot();
+    assert!(
+        stats.reclaims > 0 && stats.reclaimed_bytes >= 24 * MIB,
+        "{stats:?}"
+    );
+    let _ = fs.log();
+    read(0, MIB);
+    assert_eq!(device_reads(&fs), 0, "the working set was evicted");
+}

@@ -61,6 +61,8 @@ impl StatsSource {
                 "dirty_limit_bytes": l.dirty_bytes,
                 "dirty_background_bytes": l.dirty_background_bytes,
                 "dirty_expire_secs": l.dirty_expire.as_secs_f64(),
+                "reclaims": c.reclaims,
+                "reclaimed_bytes": c.reclaimed_bytes,
             },
             "reads": {
                 "hits": c.read_hits,

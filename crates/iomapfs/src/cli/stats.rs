@@ -83,6 +83,14 @@ fn render(v: &Value) -> String {
     );
     row("under writeback", b("/cache/writeback_bytes"));
     row(
+        "reclaimed",
+        format!(
+            "{} in {} passes over the cache size",
+            b("/cache/reclaimed_bytes"),
+            u(v, "/cache/reclaims")
+        ),
+    );
+    row(
         "reads",
         format!(
             "{} hits, {} misses, hit rate {:.1}%, {} read",
