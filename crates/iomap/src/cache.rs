@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
-use crate::memory::Reclaimer;
+use crate::memory::{BufPool, PoolStats, Reclaimer};
 use crate::stats::{CacheGauges, CacheStats, GaugeSnapshot};
 use crate::writeback::CompletionQueue;
 
@@ -35,6 +35,7 @@ pub struct PageCache {
     stats: CacheStats,
     gauges: CacheGauges,
     reclaimer: Reclaimer,
+    pool: Arc<BufPool>,
     /// Bytes of folios the cache keeps at most; `u64::MAX` for no limit.
     budget: AtomicU64,
     /// Held by the one thread reclaiming for the budget; others carry on meanwhile.
@@ -69,6 +70,7 @@ impl PageCache {
             stats: CacheStats::default(),
             gauges: CacheGauges::default(),
             reclaimer: Reclaimer::default(),
+            pool: Arc::default(),
             budget: AtomicU64::new(u64::MAX),
             reclaiming: Mutex::new(()),
             completions: CompletionQueue::new(),
@@ -106,9 +108,21 @@ impl PageCache {
     /// Keeps the cache within `bytes` (`None`: no limit): whenever a folio added takes it over,
     /// the thread that added it evicts clean folios (see [`Self::reclaim`]) down to 90% of
     /// the budget. Dirty data is not evicted: its writeback is the filesystem's flusher's.
+    /// With a budget, the pool of free folio buffers keeps at most an eighth of it.
     pub fn set_budget(&self, bytes: Option<u64>) {
         self.budget
             .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.pool
+            .set_max_bytes(bytes.map_or(crate::memory::DEFAULT_POOL_BYTES, |b| b / 8));
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<BufPool> {
+        &self.pool
+    }
+
+    /// What the pool of free folio buffers has done and holds.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// The budget, if one is set.

@@ -218,7 +218,7 @@ impl Mapping {
                 continue;
             }
             let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
-            let guard = Folio::new_locked(fpos, size, self.block_shift);
+            let guard = Folio::new_pooled(fpos, size, self.block_shift, self.cache.pool());
             map.insert(fpos, Arc::clone(&guard));
             self.cache.stats().folios_added.add(1);
             self.cache.gauges().added(size as u64);
@@ -236,7 +236,7 @@ impl Mapping {
             return None;
         }
         let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
-        let guard = Folio::new_locked(fpos, size, self.block_shift);
+        let guard = Folio::new_pooled(fpos, size, self.block_shift, self.cache.pool());
         map.insert(fpos, Arc::clone(&guard));
         self.cache.stats().folios_added.add(1);
         self.cache.gauges().added(size as u64);

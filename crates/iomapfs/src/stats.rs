@@ -40,6 +40,7 @@ impl StatsSource {
 
     fn to_json(&self, fs: &ExtentFs, flusher: &Flusher) -> Value {
         let c = fs.cache().stats().snapshot();
+        let pool = fs.cache().pool_stats();
         let u = fs.cache_usage();
         let l = flusher.limits();
         let f = flusher.stats();
@@ -63,6 +64,9 @@ impl StatsSource {
                 "dirty_expire_secs": l.dirty_expire.as_secs_f64(),
                 "reclaims": c.reclaims,
                 "reclaimed_bytes": c.reclaimed_bytes,
+                "buffers_reused": pool.reused,
+                "buffers_allocated": pool.allocated,
+                "pool_bytes": pool.held_bytes,
             },
             "reads": {
                 "hits": c.read_hits,

@@ -21,9 +21,11 @@ pub use state::{BlockBitmap, FolioState};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Weak};
 
 use iomap_dev::{IoBuf, SharedBuf};
+
+use crate::memory::BufPool;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 const LOCKED: u32 = 1 << 0;
@@ -48,6 +50,8 @@ pub struct Folio {
     flags: AtomicU32,
     state: Mutex<Option<FolioState>>,
     data: SharedBuf,
+    /// Where the buffer goes back when the folio is gone.
+    pool: Weak<BufPool>,
     /// Errno of the last failed read into this folio, for the reader waiting on it.
     read_error: AtomicI32,
     waitq: Mutex<()>,
@@ -77,7 +81,22 @@ pub struct FolioSnapshot {
 
 impl Folio {
     /// A new folio of `size` bytes at file offset `pos`, returned locked and not uptodate.
+    #[cfg(test)]
     pub(crate) fn new_locked(pos: u64, size: usize, block_shift: u32) -> FolioGuard {
+        Self::new_in(pos, size, block_shift, None)
+    }
+
+    /// A new locked folio whose buffer comes from, and goes back to, `pool`.
+    pub(crate) fn new_pooled(
+        pos: u64,
+        size: usize,
+        block_shift: u32,
+        pool: &Arc<BufPool>,
+    ) -> FolioGuard {
+        Self::new_in(pos, size, block_shift, Some(pool))
+    }
+
+    fn new_in(pos: u64, size: usize, block_shift: u32, pool: Option<&Arc<BufPool>>) -> FolioGuard {
         debug_assert!(size.is_power_of_two() && size >= 1 << block_shift);
         debug_assert_eq!(
             pos % size as u64,
@@ -85,7 +104,10 @@ impl Folio {
             "folio at {pos} is not naturally aligned"
         );
         #[allow(unused_mut)]
-        let mut buf = IoBuf::zeroed(size);
+        let mut buf = match pool {
+            Some(p) => p.take(size),
+            None => IoBuf::zeroed(size),
+        };
         // Debug builds poison new folios, so a path that exposes bytes it never filled shows
         // them instead of passing on lucky zeros (recycled buffers are not zero either).
         #[cfg(debug_assertions)]
@@ -97,6 +119,7 @@ impl Folio {
             flags: AtomicU32::new(LOCKED),
             state: Mutex::new(None),
             data: buf.shared(),
+            pool: pool.map_or_else(Weak::new, Arc::downgrade),
             read_error: AtomicI32::new(0),
             waitq: Mutex::new(()),
             wake: Condvar::new(),
@@ -499,6 +522,23 @@ impl Folio {
 
     pub(crate) fn detach(&self) {
         self.flags.fetch_or(DETACHED, Ordering::AcqRel);
+    }
+}
+
+/// What a dropped folio leaves in place of the buffer it gives back.
+static NO_BUFFER: LazyLock<SharedBuf> = LazyLock::new(|| IoBuf::zeroed(0).shared());
+
+impl Drop for Folio {
+    /// The buffer goes back to the pool, unless a request still holds it (it cannot, once
+    /// the folio is gone from the cache and its I/O has ended; if it does, it is freed).
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let data = std::mem::replace(&mut self.data, Arc::clone(&NO_BUFFER));
+        if let Ok(buf) = Arc::try_unwrap(data) {
+            pool.give(buf.into_inner());
+        }
     }
 }
 

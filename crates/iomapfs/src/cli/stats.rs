@@ -85,9 +85,12 @@ fn render(v: &Value) -> String {
     row(
         "reclaimed",
         format!(
-            "{} in {} passes over the cache size",
+            "{} in {} passes over the cache size; buffers {} reused, {} new, {} pooled",
             b("/cache/reclaimed_bytes"),
-            u(v, "/cache/reclaims")
+            u(v, "/cache/reclaims"),
+            u(v, "/cache/buffers_reused"),
+            u(v, "/cache/buffers_allocated"),
+            b("/cache/pool_bytes")
         ),
     );
     row(
