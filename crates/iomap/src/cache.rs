@@ -1,9 +1,6 @@
 //! The page cache as a whole: configuration shared by every mapping, and its counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
@@ -36,10 +33,6 @@ pub struct PageCache {
     gauges: CacheGauges,
     reclaimer: Reclaimer,
     pool: Arc<BufPool>,
-    /// Bytes of folios the cache keeps at most; `u64::MAX` for no limit.
-    budget: AtomicU64,
-    /// Held by the one thread reclaiming for the budget; others carry on meanwhile.
-    reclaiming: Mutex<()>,
     completions: Arc<CompletionQueue>,
 }
 
@@ -71,8 +64,6 @@ impl PageCache {
             gauges: CacheGauges::default(),
             reclaimer: Reclaimer::default(),
             pool: Arc::default(),
-            budget: AtomicU64::new(u64::MAX),
-            reclaiming: Mutex::new(()),
             completions: CompletionQueue::new(),
         }))
     }
@@ -105,15 +96,9 @@ impl PageCache {
         self.reclaimer.register(mapping);
     }
 
-    /// Keeps the cache within `bytes` (`None`: no limit): whenever a folio added takes it over,
-    /// the thread that added it evicts clean folios (see [`Self::reclaim`]) down to 90% of
-    /// the budget. Dirty data is not evicted: its writeback is the filesystem's flusher's.
-    /// With a budget, the pool of free folio buffers keeps at most an eighth of it.
-    pub fn set_budget(&self, bytes: Option<u64>) {
-        self.budget
-            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.pool
-            .set_max_bytes(bytes.map_or(crate::memory::DEFAULT_POOL_BYTES, |b| b / 8));
+    /// Bounds the free folio buffers kept for reuse (64 MiB by default).
+    pub fn set_pool_max_bytes(&self, bytes: u64) {
+        self.pool.set_max_bytes(bytes);
     }
 
     pub(crate) fn pool(&self) -> &Arc<BufPool> {
@@ -125,32 +110,15 @@ impl PageCache {
         self.pool.stats()
     }
 
-    /// The budget, if one is set.
-    pub fn budget(&self) -> Option<u64> {
-        Some(self.budget.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
-    }
-
-    /// Direct reclaim after a folio was added; called with no shard lock held.
-    pub(crate) fn after_add(&self) {
-        let Some(budget) = self.budget() else {
-            return;
-        };
-        let cached = self.gauges.snapshot().cached_bytes;
-        if cached <= budget {
-            return;
-        }
-        let Some(_one) = self.reclaiming.try_lock() else {
-            return;
-        };
-        let freed = self.reclaimer.reclaim(cached - budget / 10 * 9);
-        self.stats.reclaims.add(1);
-        self.stats.reclaimed_bytes.add(freed);
-    }
-
     /// Evicts about `want_bytes` of clean folios from the registered mappings, scan
     /// resistantly (see [`Reclaimer`]); returns the bytes evicted.
     pub fn reclaim(&self, want_bytes: u64) -> u64 {
-        self.reclaimer.reclaim(want_bytes)
+        let freed = self.reclaimer.reclaim(want_bytes);
+        if freed > 0 {
+            self.stats.reclaims.add(1);
+            self.stats.reclaimed_bytes.add(freed);
+        }
+        freed
     }
 
     pub(crate) fn completions(&self) -> &Arc<CompletionQueue> {

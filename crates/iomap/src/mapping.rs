@@ -210,7 +210,6 @@ impl Mapping {
                 if guard.is_detached() {
                     continue;
                 }
-                guard.mark_accessed();
                 return (guard, false);
             }
             let mut map = self.shard(pos).write();
@@ -222,8 +221,6 @@ impl Mapping {
             map.insert(fpos, Arc::clone(&guard));
             self.cache.stats().folios_added.add(1);
             self.cache.gauges().added(size as u64);
-            drop(map);
-            self.cache.after_add();
             return (guard, true);
         }
     }
@@ -240,8 +237,6 @@ impl Mapping {
         map.insert(fpos, Arc::clone(&guard));
         self.cache.stats().folios_added.add(1);
         self.cache.gauges().added(size as u64);
-        drop(map);
-        self.cache.after_add();
         Some(guard)
     }
 
@@ -490,7 +485,20 @@ impl Mapping {
         if guard.is_detached() || guard.is_dirty() || guard.is_writeback() {
             return false;
         }
-        self.remove_folio(&guard);
+        // Never wait for the shard here: a reader holding it may be waiting for a folio's data
+        // that a writer holds while its source reads through this cache. A busy shard skips
+        // the folio.
+        let Some(mut shard) = self.shard(guard.pos()).try_write() else {
+            return false;
+        };
+        if shard.remove(&guard.pos()).is_some() {
+            self.cache.gauges().removed(guard.size() as u64);
+        }
+        drop(shard);
+        guard.detach();
+        self.tag(Gauge::Dirty, &guard, false);
+        self.tag(Gauge::Writeback, &guard, false);
+        self.cache.stats().folios_removed.add(1);
         true
     }
 

@@ -164,8 +164,8 @@ cache_stats! {
     folios_added,
     /// Folios removed from the cache.
     folios_removed,
-    /// Reclaim passes run because the cache went over its budget.
+    /// Reclaim passes that evicted something.
     reclaims,
-    /// Bytes of clean folios evicted by those passes.
+    /// Bytes of clean folios evicted by reclaim.
     reclaimed_bytes,
 }

@@ -68,10 +68,11 @@ impl BufPool {
     pub fn give(&self, buf: IoBuf) {
         let len = buf.len() as u64;
         let max = self.max_bytes.load(Ordering::Relaxed);
-        if len == 0 || self.held_bytes.load(Ordering::Relaxed) + len > max {
+        // Reserve first, so that concurrent givers never hold more than the bound together.
+        if len == 0 || self.held_bytes.fetch_add(len, Ordering::Relaxed) + len > max {
+            self.held_bytes.fetch_sub(len, Ordering::Relaxed);
             return;
         }
-        self.held_bytes.fetch_add(len, Ordering::Relaxed);
         self.free.lock().entry(buf.len()).or_default().push(buf);
     }
 

@@ -36,37 +36,59 @@ impl Reclaimer {
     }
 
     /// Evicts about `want_bytes` of clean folios, inactive and unreferenced first; returns
-    /// the bytes evicted. Three rounds at most: one that evicts what was unreferenced and
-    /// clears the referenced bits, one that evicts what was only referenced since, and after
-    /// deactivating the surplus of active folios (all of them if still short) one more.
+    /// the bytes evicted. Round one evicts what was unreferenced and clears the referenced
+    /// bits; round two evicts what was only referenced before. If still short, the surplus of
+    /// active folios over inactive ones is deactivated and a third round runs; if even that
+    /// falls short (the cache is mostly a working set), as many active bytes as are still
+    /// wanted are deactivated for a last round. Protection is taken only as needed.
     pub fn reclaim(&self, want_bytes: u64) -> u64 {
         let mappings = self.live();
         let mut freed = 0;
-        for round in 0..3 {
-            for m in &mappings {
-                for f in m.folios_in(0, u64::MAX) {
-                    if freed >= want_bytes {
-                        return freed;
-                    }
-                    if f.is_active() || f.test_clear_referenced() {
-                        continue;
-                    }
-                    if m.evict(&f) {
-                        freed += f.size() as u64;
-                    }
-                }
+        for round in 0..4 {
+            if freed >= want_bytes {
+                break;
             }
-            if round == 1 {
-                deactivate(&mappings, freed < want_bytes);
+            match round {
+                2 => deactivate(&mappings, Demote::Surplus),
+                3 => deactivate(&mappings, Demote::Bytes(want_bytes - freed)),
+                _ => {}
             }
+            freed += evict_inactive(&mappings, want_bytes - freed);
         }
         freed
     }
 }
 
-/// Deactivates active folios until active bytes are no more than inactive ones, or all of
-/// them when `all`.
-fn deactivate(mappings: &[Arc<Mapping>], all: bool) {
+/// One pass over the inactive folios: unreferenced ones are evicted, referenced ones lose the
+/// bit. Returns the bytes evicted, stopping at `want`.
+fn evict_inactive(mappings: &[Arc<Mapping>], want: u64) -> u64 {
+    let mut freed = 0;
+    for m in mappings {
+        for f in m.folios_in(0, u64::MAX) {
+            if freed >= want {
+                return freed;
+            }
+            if f.is_active() || f.test_clear_referenced() {
+                continue;
+            }
+            if m.evict(&f) {
+                freed += f.size() as u64;
+            }
+        }
+    }
+    freed
+}
+
+/// How many active folios to deactivate.
+#[derive(Clone, Copy, Debug)]
+enum Demote {
+    /// Until active bytes are no more than inactive ones.
+    Surplus,
+    /// About this many bytes.
+    Bytes(u64),
+}
+
+fn deactivate(mappings: &[Arc<Mapping>], demote: Demote) {
     let mut active = 0u64;
     let mut inactive = 0u64;
     for m in mappings {
@@ -78,15 +100,18 @@ fn deactivate(mappings: &[Arc<Mapping>], all: bool) {
             }
         }
     }
+    let mut budget = match demote {
+        Demote::Surplus => active.saturating_sub(inactive) / 2,
+        Demote::Bytes(b) => b,
+    };
     for m in mappings {
         for f in m.folios_in(0, u64::MAX) {
-            if !all && active <= inactive {
+            if budget == 0 {
                 return;
             }
             if f.is_active() {
                 f.deactivate();
-                active -= f.size() as u64;
-                inactive += f.size() as u64;
+                budget = budget.saturating_sub(f.size() as u64);
             }
         }
     }

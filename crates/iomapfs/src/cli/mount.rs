@@ -66,9 +66,8 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
         a.dirty_limit.unwrap_or(cache / 5),
         Duration::from_secs(a.dirty_expire),
     );
-    // Reads and writes that add folios past the cache size evict clean ones at once (scan
-    // resistantly); the flusher writes dirty data back so that it can go too.
-    fs.cache().set_budget(Some(limits.cache_bytes));
+    // Buffers of evicted folios are kept for new ones, up to an eighth of the cache.
+    fs.cache().set_pool_max_bytes(limits.cache_bytes / 8);
     let flusher = Flusher::start(Arc::clone(&fs), limits)?;
     let stats = Arc::new(StatsSource {
         image: std::fs::canonicalize(&a.image).unwrap_or_else(|_| a.image.clone()),
