@@ -163,8 +163,7 @@ pub fn read_folio(mapping: &Mapping, ops: &dyn IomapOps, guard: FolioGuard) -> R
 /// starts reading them, in as few device requests as contiguity allows. Folios already cached
 /// are left alone. Returns once the reads are submitted.
 pub fn readahead(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
-    let _invalidate = mapping.invalidate_lock().read();
-    readahead_locked(mapping, ops, pos, len, None)
+    readahead_marked(mapping, ops, pos, len, None)
 }
 
 /// [`readahead`] with a readahead marker: no new folio crosses `mark`, and the folio holding

@@ -4,8 +4,9 @@
 //!
 //! Both read the engine's gauges (exact, and free to read) for what the cache holds. Data
 //! under writeback still holds memory and counts as dirty until it completes. Files are
-//! written back oldest-dirtied first, as the kernel's flusher walks its dirty inode list. Lock order: the flusher's state lock is taken alone, never while a filesystem
-//! call runs.
+//! written back oldest-dirtied first, as the kernel's flusher walks its dirty inode list;
+//! clean data past the cache size goes through the engine's scan-resistant reclaim. Lock
+//! order: the flusher's state lock is taken alone, never while a filesystem call runs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
