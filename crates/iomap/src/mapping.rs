@@ -334,14 +334,9 @@ impl Mapping {
     /// Ends writeback of a folio whose write I/O is all done: flag and tag cleared, waiters
     /// woken. Runs on completion paths without the folio lock.
     pub(crate) fn end_writeback(&self, folio: &Folio) {
-        // Only this folio's tag: a folio removed under writeback may have been replaced at
-        // the same offset by one whose writeback has started since.
-        let indexed = self
-            .shard(folio.pos())
-            .read()
-            .get(&folio.pos())
-            .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), folio));
-        if indexed {
+        // A folio removed from the index had its tags cleared then, and its offset may since
+        // hold another folio whose tags are not this one's to clear.
+        if !folio.is_detached() {
             self.tag(Gauge::Writeback, folio, false);
         }
         folio.clear_writeback();

@@ -316,3 +316,25 @@ fn an_uncached_read_leaves_only_what_was_cached_before() {
         "the hot first MiB stays"
     );
 }
+
+#[test]
+fn r5_a_failed_readahead_reaches_the_read_that_needs_it() {
+    // Readahead does not report its errors; the read that needs the failed blocks reads them
+    // again and gets the errno, and nothing unread is uptodate.
+    let fs = file(4 * MIB);
+    let dev = fs.dev_addr(1).0;
+    fs.fail_reads(dev + 256 * 1024, dev + 320 * 1024, libc::EIO);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0;
+    let err = loop {
+        match buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf) {
+            Ok(n) => pos += n as u64,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(pos, 256 << 10, "every read before the bad range succeeded");
+    let bad = fs.mapping.find_folio(256 << 10);
+    assert!(bad.is_none_or(|f| !f.range_uptodate((256 << 10) - f.pos() as usize, 4096)));
+}

@@ -78,7 +78,7 @@ fn data_read_once_is_what_a_scan_evicts() {
 }
 
 #[test]
-fn reclaim_never_evicts_dirty_data_and_takes_active_folios_when_it_must() {
+fn r20_reclaim_takes_clean_folios_never_dirty_ones_and_active_ones_only_when_it_must() {
     let fs = file();
     let data = vec![0xabu8; MIB as usize];
     fs.write(4 * MIB, &data).unwrap();
