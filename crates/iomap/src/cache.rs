@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
-use crate::memory::{BufPool, PoolStats, Reclaimer};
+use crate::memory::{
+    BufPool, DirtyThrottle, FlusherHandle, MemoryLimits, PoolStats, Reclaimer, Verdict,
+};
 use crate::stats::{CacheGauges, CacheStats, GaugeSnapshot};
 use crate::writeback::CompletionQueue;
+use crate::writeback::{sync_mappings, WritebackOps};
 
 /// Sizes that shape every folio of a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +36,8 @@ pub struct PageCache {
     gauges: CacheGauges,
     reclaimer: Reclaimer,
     pool: Arc<BufPool>,
+    throttle: DirtyThrottle,
+    flusher: Arc<FlusherHandle>,
     completions: Arc<CompletionQueue>,
 }
 
@@ -64,6 +69,8 @@ impl PageCache {
             gauges: CacheGauges::default(),
             reclaimer: Reclaimer::default(),
             pool: Arc::default(),
+            throttle: DirtyThrottle::default(),
+            flusher: Arc::default(),
             completions: CompletionQueue::new(),
         }))
     }
@@ -113,12 +120,136 @@ impl PageCache {
     /// Evicts about `want_bytes` of clean folios from the registered mappings, scan
     /// resistantly (see [`Reclaimer`]); returns the bytes evicted.
     pub fn reclaim(&self, want_bytes: u64) -> u64 {
-        let freed = self.reclaimer.reclaim(want_bytes);
+        self.reclaim_scanning(want_bytes, u64::MAX)
+    }
+
+    fn reclaim_scanning(&self, want_bytes: u64, max_scan: u64) -> u64 {
+        let freed = self.reclaimer.reclaim(want_bytes, max_scan);
         if freed > 0 {
             self.stats.reclaims.add(1);
             self.stats.reclaimed_bytes.add(freed);
         }
         freed
+    }
+
+    pub(crate) fn reclaimer(&self) -> &Reclaimer {
+        &self.reclaimer
+    }
+
+    // ---- memory limits ----
+
+    /// Sets the budget and dirty limits (checked: see [`MemoryLimits::check`]). Folio
+    /// allocations past the budget evict clean folios; writers are throttled by the dirty
+    /// limits while a flusher runs ([`Self::start_flusher`]).
+    pub fn set_limits(&self, limits: MemoryLimits) -> Result<()> {
+        limits.check()?;
+        self.throttle.set_limits(limits);
+        if limits.budget_bytes != u64::MAX {
+            self.flusher.kick();
+        }
+        Ok(())
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> MemoryLimits {
+        self.throttle.limits()
+    }
+
+    pub(crate) fn throttle(&self) -> &DirtyThrottle {
+        &self.throttle
+    }
+
+    /// Starts the cache's flusher thread (see the `memory::flusher` module): dirty data is
+    /// written back by age and threshold, and writers are throttled at the dirty limits.
+    /// Starting it twice is harmless.
+    pub fn start_flusher(self: &Arc<Self>) -> Result<()> {
+        self.flusher.start(self).map_err(Error::Io)?;
+        self.throttle.set_flusher(true);
+        Ok(())
+    }
+
+    /// Stops the flusher thread; throttled writers go on.
+    pub fn stop_flusher(&self) {
+        self.throttle.set_flusher(false);
+        self.flusher.stop();
+    }
+
+    /// Wakes the flusher for a pass now.
+    pub fn kick_flusher(&self) {
+        self.flusher.kick();
+    }
+
+    /// Runs a flusher pass now and waits for it: for sync, and for tests to watch what a pass
+    /// does. False when no flusher runs.
+    pub fn flush_pass(&self) -> bool {
+        self.flusher.pass_and_wait()
+    }
+
+    /// Data-integrity writeback of every registered mapping that has writeback ops, then a
+    /// flush of each device: the data half of `sync(2)`. Returns the first error.
+    pub fn sync_all(&self) -> Result<()> {
+        let files: Vec<(Arc<Mapping>, Arc<dyn WritebackOps>)> = self
+            .reclaimer
+            .live()
+            .into_iter()
+            .filter_map(|(_, m)| m.writeback_ops().map(|ops| (m, ops)))
+            .collect();
+        sync_mappings(files.iter().map(|(m, ops)| (m, ops)))
+    }
+
+    /// Keeps the cache within its budget after a folio was added: when it is over, evicts the
+    /// excess and a little more, looking at a bounded number of folios. Called with no shard
+    /// lock held; the new folio is locked, so it is not a candidate.
+    pub(crate) fn after_add(&self) {
+        let budget = self.throttle.budget();
+        if budget == u64::MAX {
+            return;
+        }
+        let g = self.gauges.snapshot();
+        if g.cached_bytes <= budget {
+            return;
+        }
+        // Dirty and in-flight data is not reclaimable: when it is what fills the cache, a
+        // scan finds nothing, and writeback is what has to happen.
+        let clean = g
+            .cached_bytes
+            .saturating_sub(g.dirty_bytes + g.writeback_bytes);
+        let want = g.cached_bytes - budget + (budget / 64).min(4 << 20);
+        if clean < want {
+            self.flusher.kick();
+            return;
+        }
+        self.stats.direct_reclaims.add(1);
+        let page = self.config.page_size as u64;
+        let freed = self.reclaim_scanning(want, 4 * want.div_ceil(page) + 64);
+        if freed < want {
+            self.flusher.kick();
+        }
+    }
+
+    /// The dirty throttle, the kernel's `balance_dirty_pages`: called by writers after
+    /// dirtying `dirtied` bytes, with no folio lock held. May pause the caller.
+    pub(crate) fn balance_dirty(&self, dirtied: u64) {
+        match self.throttle.balance(dirtied, self.gauges.snapshot()) {
+            Verdict::Free => {}
+            Verdict::Pause(p) => {
+                self.flusher.kick();
+                if !p.is_zero() {
+                    self.throttle.pause(p, &self.stats);
+                }
+            }
+            Verdict::Wait => {
+                let hard = self.throttle.limits().dirty_bytes;
+                self.throttle.wait_below(
+                    &self.stats,
+                    || {
+                        let g = self.gauges.snapshot();
+                        g.dirty_bytes + g.writeback_bytes < hard
+                    },
+                    || self.flusher.kick(),
+                );
+            }
+        }
     }
 
     pub(crate) fn completions(&self) -> &Arc<CompletionQueue> {
@@ -140,6 +271,7 @@ impl PageCache {
 
 impl Drop for PageCache {
     fn drop(&mut self) {
+        self.flusher.stop();
         self.completions.shutdown();
     }
 }

@@ -42,7 +42,7 @@ pub use iomap::{InlineData, Iomap, IomapFlags, IomapKind, IomapOps, IomapPair, I
 pub use iter::IomapIter;
 pub use linear::LinearMap;
 pub use mapping::Mapping;
-pub use memory::{BufPool, PoolStats, Reclaimer, DEFAULT_POOL_BYTES};
+pub use memory::{BufPool, MemoryLimits, PoolStats, Reclaimer, DEFAULT_POOL_BYTES};
 pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
 pub use readahead::{
     buffered_read_ra, buffered_read_uncached, fadvise_dontneed, fadvise_willneed, Advice, RaState,

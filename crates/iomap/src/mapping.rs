@@ -5,12 +5,13 @@
 //! such a region, so the folio covering an offset is always in that region's shard, and
 //! threads reading different regions do not touch the same lock.
 //!
-//! Lock order: invalidate lock → folio lock → (shard lock | tags lock | folio state). A shard
-//! lock is never held while waiting for a folio lock.
+//! Lock order: invalidate lock → folio lock → shard lock → tags lock, and folio state alone.
+//! A shard lock is never held while waiting for a folio lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use iomap_dev::BlockDevice;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -18,10 +19,11 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use crate::cache::PageCache;
 use crate::error::{Error, Result};
 use crate::errseq::ErrSeq;
-use crate::folio::{Folio, FolioGuard};
+use crate::folio::{Folio, FolioGuard, FolioPin};
 use crate::stats::Gauge;
+use crate::writeback::WritebackOps;
 
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 
 type Shard = RwLock<BTreeMap<u64, Arc<Folio>>>;
 
@@ -30,6 +32,8 @@ type Shard = RwLock<BTreeMap<u64, Arc<Folio>>>;
 struct Tags {
     dirty: BTreeSet<u64>,
     writeback: BTreeSet<u64>,
+    /// When the mapping went from clean to dirty (the kernel's `dirtied_when`), while it is.
+    dirtied_when: Option<Instant>,
 }
 
 /// One file's cached data.
@@ -47,6 +51,8 @@ pub struct Mapping {
     /// The filesystem's error sequence (the kernel's `s_wb_err`), for syncfs.
     sb_errseq: Option<Arc<ErrSeq>>,
     invalidate_lock: RwLock<()>,
+    /// How the cache's flusher writes this mapping back.
+    writeback_ops: OnceLock<Arc<dyn WritebackOps>>,
 }
 
 impl Mapping {
@@ -89,6 +95,7 @@ impl Mapping {
             errseq: ErrSeq::new(),
             sb_errseq: None,
             invalidate_lock: RwLock::new(()),
+            writeback_ops: OnceLock::new(),
         })
     }
 
@@ -154,6 +161,22 @@ impl Mapping {
         self.sb_errseq = Some(sb);
     }
 
+    /// Lets the cache's flusher write this mapping back with `ops` (once; later calls are
+    /// ignored and return false).
+    pub fn set_writeback_ops(&self, ops: Arc<dyn WritebackOps>) -> bool {
+        self.writeback_ops.set(ops).is_ok()
+    }
+
+    /// The writeback ops the flusher uses, if set.
+    pub fn writeback_ops(&self) -> Option<Arc<dyn WritebackOps>> {
+        self.writeback_ops.get().cloned()
+    }
+
+    /// When the mapping became dirty, if it is: the flusher writes back oldest first.
+    pub fn dirtied_when(&self) -> Option<Instant> {
+        self.tags.lock().dirtied_when
+    }
+
     /// The filesystem-wide error sequence, if one was set.
     pub fn sb_errseq(&self) -> Option<&Arc<ErrSeq>> {
         self.sb_errseq.as_ref()
@@ -194,6 +217,11 @@ impl Mapping {
         Self::covering(&self.shard(pos).read(), pos).cloned()
     }
 
+    /// The cached folio holding `pos`, pinned against eviction while the pin lives.
+    pub(crate) fn find_pinned(&self, pos: u64) -> Option<FolioPin> {
+        Self::covering(&self.shard(pos).read(), pos).map(Folio::pin)
+    }
+
     /// Runs `f` on the folio holding `pos` with its shard held shared, sparing the reference
     /// count traffic of [`Mapping::find_folio`] on the cached read path.
     pub(crate) fn with_folio<R>(&self, pos: u64, f: impl FnOnce(&Folio) -> R) -> Option<R> {
@@ -219,8 +247,8 @@ impl Mapping {
             let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
             let guard = Folio::new_pooled(fpos, size, self.block_shift, self.cache.pool());
             map.insert(fpos, Arc::clone(&guard));
-            self.cache.stats().folios_added.add(1);
-            self.cache.gauges().added(size as u64);
+            drop(map);
+            self.added(size);
             return (guard, true);
         }
     }
@@ -235,9 +263,16 @@ impl Mapping {
         let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
         let guard = Folio::new_pooled(fpos, size, self.block_shift, self.cache.pool());
         map.insert(fpos, Arc::clone(&guard));
+        drop(map);
+        self.added(size);
+        Some(guard)
+    }
+
+    /// Accounts a folio just added, and keeps the cache within its budget.
+    fn added(&self, size: usize) {
         self.cache.stats().folios_added.add(1);
         self.cache.gauges().added(size as u64);
-        Some(guard)
+        self.cache.after_add();
     }
 
     /// Where a new folio holding `pos` starts and how big it is: as large as `len_hint` asks,
@@ -299,6 +334,17 @@ impl Mapping {
         out
     }
 
+    /// Up to `n` cached folios of index shard `shard` at offsets from `from`, in offset order:
+    /// reclaim's clock hand moves through a mapping shard by shard.
+    pub(crate) fn shard_batch(&self, shard: usize, from: u64, n: usize) -> Vec<Arc<Folio>> {
+        self.shards[shard % SHARDS]
+            .read()
+            .range(from..)
+            .take(n)
+            .map(|(_, f)| Arc::clone(f))
+            .collect()
+    }
+
     /// Number of cached folios.
     pub fn nr_folios(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
@@ -306,18 +352,22 @@ impl Mapping {
 
     /// Removes a locked folio from the index; its dirty data is discarded.
     fn remove_folio(&self, guard: &FolioGuard) {
-        if self
-            .shard(guard.pos())
-            .write()
-            .remove(&guard.pos())
-            .is_some()
-        {
+        let mut shard = self.shard(guard.pos()).write();
+        if shard.remove(&guard.pos()).is_some() {
             self.cache.gauges().removed(guard.size() as u64);
         }
+        self.untag_removed(guard);
+        drop(shard);
+        self.cache.stats().folios_removed.add(1);
+    }
+
+    /// Detaches a folio just taken out of the index and clears its tags. Called with its shard
+    /// still held exclusive: tags are kept by offset, and once the shard is let go a new folio
+    /// may take the offset and be tagged, which clearing the old folio's tags would undo.
+    fn untag_removed(&self, guard: &FolioGuard) {
         guard.detach();
         self.tag(Gauge::Dirty, guard, false);
         self.tag(Gauge::Writeback, guard, false);
-        self.cache.stats().folios_removed.add(1);
     }
 
     // ---- writeback state ----
@@ -340,6 +390,7 @@ impl Mapping {
             self.tag(Gauge::Writeback, folio, false);
         }
         folio.clear_writeback();
+        self.cache.throttle().written_back(folio.size() as u64);
     }
 
     /// Offsets of folios under writeback in `[start, end)`, in file order.
@@ -398,6 +449,15 @@ impl Mapping {
         };
         if changed {
             self.cache.gauges().tagged(gauge, folio.size() as u64, on);
+            if let Gauge::Dirty = gauge {
+                match (on, tags.dirty.is_empty()) {
+                    (true, _) if tags.dirtied_when.is_none() => {
+                        tags.dirtied_when = Some(Instant::now());
+                    }
+                    (false, true) => tags.dirtied_when = None,
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -471,8 +531,13 @@ impl Mapping {
         self.truncate_range(size, u64::MAX);
     }
 
-    /// Evicts `folio` if it is clean, unlocked, not under writeback and still cached; whether
-    /// it was.
+    /// Evicts `folio` if it is clean, unlocked, not under writeback, still cached and not
+    /// pinned by a reader; whether it was.
+    ///
+    /// The pin stands for the reference the kernel's `folio_ref_freeze` checks: a reader pins
+    /// the folio it filled until it has copied from it, so reclaim cannot take a read's data
+    /// before the read sees it. Pins are taken with the shard held shared and checked with it
+    /// held exclusive, so none can appear meanwhile.
     pub(crate) fn evict(&self, folio: &Arc<Folio>) -> bool {
         let Some(guard) = folio.try_lock() else {
             return false;
@@ -486,13 +551,14 @@ impl Mapping {
         let Some(mut shard) = self.shard(guard.pos()).try_write() else {
             return false;
         };
+        if guard.is_pinned() {
+            return false;
+        }
         if shard.remove(&guard.pos()).is_some() {
             self.cache.gauges().removed(guard.size() as u64);
         }
+        self.untag_removed(&guard);
         drop(shard);
-        guard.detach();
-        self.tag(Gauge::Dirty, &guard, false);
-        self.tag(Gauge::Writeback, &guard, false);
         self.cache.stats().folios_removed.add(1);
         true
     }

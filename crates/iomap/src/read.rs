@@ -17,7 +17,7 @@ use iomap_dev::{BufRange, DevAddr, DeviceRequest};
 use tracing::trace;
 
 use crate::error::{libc_errno, Error, Result};
-use crate::folio::{Folio, FolioGuard};
+use crate::folio::{Folio, FolioGuard, FolioPin};
 use crate::iomap::{Iomap, IomapKind, IomapOps, IterFlags};
 use crate::iter::IomapIter;
 use crate::mapping::Mapping;
@@ -65,12 +65,21 @@ pub(crate) fn read_stream(
             continue;
         }
         stats.read_misses.add(1);
-        if let Err(e) = fill(mapping, ops, p, want as u64) {
-            if done == 0 {
-                return Err(e);
+        match fill(mapping, ops, p, want as u64) {
+            // Copied from the folio `fill` pinned: reclaim leaves a pinned folio alone, so what
+            // was read is not evicted before it is copied.
+            Ok(Some(folio)) if !folio.is_detached() => {
+                done += copy_folio(&folio, p, &mut dst[done..done + want], last);
             }
-            // Like Linux's filemap_read: what was read is returned; the error comes next time.
-            break;
+            Ok(_) => {}
+            Err(e) => {
+                if done == 0 {
+                    return Err(e);
+                }
+                // Like Linux's filemap_read: what was read is returned; the error comes next
+                // time.
+                break;
+            }
         }
     }
     stats.bytes_read.add(done as u64);
@@ -83,17 +92,8 @@ pub(crate) fn read_stream(
 fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8], last: Option<u64>) -> usize {
     let mut done = 0;
     while done < dst.len() {
-        let copied = mapping.with_folio(pos, |folio| {
-            let off = (pos - folio.pos()) as usize;
-            let n = uptodate_bytes_from(folio, off).min(dst.len() - done);
-            if n > 0 {
-                folio.copy_out(off, &mut dst[done..done + n]);
-                if !last.is_some_and(|l| folio.pos() <= l && l < folio.end()) {
-                    folio.mark_accessed();
-                }
-            }
-            n
-        });
+        let copied =
+            mapping.with_folio(pos, |folio| copy_folio(folio, pos, &mut dst[done..], last));
         match copied {
             Some(n) if n > 0 => {
                 done += n;
@@ -103,6 +103,21 @@ fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8], last: Option<u64
         }
     }
     done
+}
+
+/// Copies from the uptodate blocks of `folio` at file offset `pos` into `dst` until it is
+/// full, the folio ends or a block is missing; marks the folio accessed unless it holds byte
+/// `last`. Returns the bytes copied.
+fn copy_folio(folio: &Folio, pos: u64, dst: &mut [u8], last: Option<u64>) -> usize {
+    let off = (pos - folio.pos()) as usize;
+    let n = uptodate_bytes_from(folio, off).min(dst.len());
+    if n > 0 {
+        folio.copy_out(off, &mut dst[..n]);
+        if !last.is_some_and(|l| folio.pos() <= l && l < folio.end()) {
+            folio.mark_accessed();
+        }
+    }
+    n
 }
 
 /// Bytes from folio offset `off` to the first block that is not uptodate (or the folio end).
@@ -119,8 +134,10 @@ fn uptodate_bytes_from(folio: &Folio, off: usize) -> usize {
 }
 
 /// Makes the block at `pos` uptodate, reading ahead over up to `len` bytes when nothing is
-/// cached there, and waits for it.
-fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()> {
+/// cached there, and waits for it. Returns the folio holding it, uptodate there and pinned
+/// against eviction until the caller has copied from it, or `None` when it was removed
+/// meanwhile (the caller looks again).
+fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<Option<FolioPin>> {
     // An error mapping some later part of a readahead window does not fail this read: only
     // the block at `pos` has to be read.
     let started = {
@@ -138,13 +155,16 @@ fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<()>
             }
         }
     };
-    let Some(folio) = mapping.find_folio(pos) else {
-        return started; // removed meanwhile: the caller looks again
+    let Some(folio) = mapping.find_pinned(pos) else {
+        return started.map(|()| None); // removed meanwhile: the caller looks again
     };
     folio.wait_unlocked();
     let off = (pos - folio.pos()) as usize;
-    if folio.is_detached() || folio.range_uptodate(off, 1) {
-        return Ok(());
+    if folio.is_detached() {
+        return Ok(None);
+    }
+    if folio.range_uptodate(off, 1) {
+        return Ok(Some(folio));
     }
     started?;
     Err(Error::from_errno(

@@ -168,4 +168,17 @@ cache_stats! {
     reclaims,
     /// Bytes of clean folios evicted by reclaim.
     reclaimed_bytes,
+    /// Reclaims run by a folio allocation over the budget.
+    direct_reclaims,
+    /// Flusher passes.
+    flusher_passes,
+    /// Mappings the flusher wrote back because their dirty data expired.
+    expired_writebacks,
+    /// Slices of mappings the flusher wrote back because dirty data was over the background
+    /// threshold.
+    threshold_writebacks,
+    /// Times writers were paused or stopped by the dirty throttle.
+    throttled_writes,
+    /// Time writers spent throttled, in microseconds.
+    throttled_micros,
 }

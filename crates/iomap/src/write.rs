@@ -184,6 +184,9 @@ fn write_iter(
             it.mark_size_changed();
         }
         drop(guard);
+        if written > 0 {
+            mapping.cache().balance_dirty(written as u64);
+        }
         if copied < bytes && (copied == 0 || src_error.is_some()) && written == copied {
             // The source is dry or failed: end the write here rather than ask the filesystem
             // for another mapping (and reservation) that nothing would fill.

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{Ext, TestFs};
@@ -243,4 +244,46 @@ fn completions_do_not_merge_across_a_boundary() {
     fs.mapping.cache().drain_completions();
     let seen: Vec<(u64, u64)> = wb.seen.lock().iter().map(|c| (c.offset, c.size)).collect();
     assert_eq!(seen, [(0, 2048), (2048, 2048)]);
+}
+
+/// Eviction took a clean folio out of the index, let go of the index, and only then cleared
+/// the folio's tags by offset: a writer could add a new folio at that offset and dirty it in
+/// between, and lose its dirty tag, so no writeback (fsync included) ever wrote it. Found by
+/// the engine's test over io_uring once reads held their folios longer.
+#[test]
+fn evicting_a_folio_never_untags_the_folio_that_replaced_it() {
+    let fs = TestFs::new(4096, 4096);
+    fs.map_blocks(0, 1, |_| 0);
+    fs.mapping.set_size(4096);
+    /// Stops the other threads however the checking loop ends, so a failure is not a hang.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                fs.mapping.release_clean(0, u64::MAX);
+            }
+        });
+        // Contends for the tags lock, widening the gap between the index and the tags.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::black_box(fs.mapping.dirty_folios(0, u64::MAX));
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        for round in 0..100_000u32 {
+            fs.write(0, &round.to_le_bytes()).unwrap();
+            fs.flush_all();
+            let f = fs.mapping.find_folio(0);
+            assert!(
+                f.is_none_or(|f| !f.is_dirty()),
+                "round {round}: a dirty folio was left untagged, out of writeback's reach"
+            );
+        }
+    });
 }

@@ -54,6 +54,8 @@ pub struct Folio {
     pool: Weak<BufPool>,
     /// Errno of the last failed read into this folio, for the reader waiting on it.
     read_error: AtomicI32,
+    /// Readers that have yet to copy from the folio: reclaim leaves it alone while any do.
+    pins: AtomicU32,
     waitq: Mutex<()>,
     wake: Condvar,
 }
@@ -121,6 +123,7 @@ impl Folio {
             data: buf.shared(),
             pool: pool.map_or_else(Weak::new, Arc::downgrade),
             read_error: AtomicI32::new(0),
+            pins: AtomicU32::new(0),
             waitq: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -195,6 +198,19 @@ impl Folio {
             self.flags.fetch_or(ACTIVE, Ordering::Relaxed);
             self.flags.fetch_and(!REFERENCED, Ordering::Relaxed);
         }
+    }
+
+    /// Pins the folio against eviction until the pin is dropped. The mapping pins only with
+    /// the folio's index shard held, so eviction, which checks with it held exclusive, never
+    /// misses a pin.
+    pub(crate) fn pin(self: &Arc<Self>) -> FolioPin {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+        FolioPin(Arc::clone(self))
+    }
+
+    /// Pinned by a reader.
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.pins.load(Ordering::Acquire) > 0
     }
 
     /// On the active list.
@@ -535,6 +551,7 @@ impl Drop for Folio {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
+        pool.release(self.size);
         let data = std::mem::replace(&mut self.data, Arc::clone(&NO_BUFFER));
         if let Ok(buf) = Arc::try_unwrap(data) {
             pool.give(buf.into_inner());
@@ -552,6 +569,22 @@ impl fmt::Debug for Folio {
                 &format_args!("{:#x}", self.flags.load(Ordering::Relaxed)),
             )
             .finish()
+    }
+}
+
+/// A reader's pin on a folio (see [`Folio::pin`]); dropping it unpins.
+pub(crate) struct FolioPin(Arc<Folio>);
+
+impl Deref for FolioPin {
+    type Target = Arc<Folio>;
+    fn deref(&self) -> &Arc<Folio> {
+        &self.0
+    }
+}
+
+impl Drop for FolioPin {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

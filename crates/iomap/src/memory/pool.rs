@@ -21,6 +21,7 @@ pub struct BufPool {
     max_bytes: AtomicU64,
     reused: AtomicU64,
     allocated: AtomicU64,
+    live_bytes: AtomicU64,
 }
 
 impl Default for BufPool {
@@ -31,6 +32,7 @@ impl Default for BufPool {
             max_bytes: AtomicU64::new(DEFAULT_POOL_BYTES),
             reused: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -44,12 +46,15 @@ pub struct PoolStats {
     pub allocated: u64,
     /// Bytes of free buffers held now.
     pub held_bytes: u64,
+    /// Bytes of buffers folios own now: with `held_bytes`, the memory the cache's data takes.
+    pub live_bytes: u64,
 }
 
 impl BufPool {
     /// A buffer of `size` bytes: a pooled one if there is one (its bytes are stale), else a
     /// fresh, zeroed one.
     pub fn take(&self, size: usize) -> IoBuf {
+        self.live_bytes.fetch_add(size as u64, Ordering::Relaxed);
         let pooled = self.free.lock().get_mut(&size).and_then(Vec::pop);
         match pooled {
             Some(buf) => {
@@ -62,6 +67,12 @@ impl BufPool {
                 IoBuf::zeroed(size)
             }
         }
+    }
+
+    /// A folio that took a `size`-byte buffer is gone (its buffer comes back with
+    /// [`Self::give`] unless a request still holds it, and is freed when that ends).
+    pub(crate) fn release(&self, size: usize) {
+        self.live_bytes.fetch_sub(size as u64, Ordering::Relaxed);
     }
 
     /// Takes back a buffer no folio uses any more; frees it past the bound.
@@ -102,6 +113,7 @@ impl BufPool {
             reused: self.reused.load(Ordering::Relaxed),
             allocated: self.allocated.load(Ordering::Relaxed),
             held_bytes: self.held_bytes.load(Ordering::Relaxed),
+            live_bytes: self.live_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,118 +1,208 @@
-//! Scan-resistant reclaim, after Linux's two lists (`mm/vmscan.c`, `mm/swap.c`).
+//! Scan-resistant reclaim, after Linux's two lists (`mm/vmscan.c`, `mm/swap.c`), swept by a
+//! clock hand.
 //!
 //! A folio's first access marks it referenced, a second makes it active
 //! ([`crate::Folio::mark_accessed`]). Reclaim evicts inactive folios that have not been
 //! referenced since it last looked, and gives referenced ones a second chance by clearing the
 //! bit; active folios are kept while there are no more active bytes than inactive ones, and
-//! only then deactivated (oldest offsets first within each file). So one large scan, whose
-//! folios are each read once, passes through the inactive set while a working set read twice
-//! stays. Only clean, unlocked folios not under writeback are evicted; dirty data has to be
-//! written back first. Mappings register with the cache and are held weakly.
+//! only then deactivated. So one large scan, whose folios are each read once, passes through
+//! the inactive set while a working set read twice stays.
+//!
+//! The hand (a mapping, an index shard, an offset) is kept across calls, so each call goes on
+//! where the last stopped: every folio gets a full turn of the clock to be referenced again
+//! before it is looked at twice, and what is evicted is what has gone longest unused. Only
+//! clean, unlocked folios not under writeback and held by nobody else are evicted; dirty
+//! data has to be written back first. Mappings register with the cache and are held weakly.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::mapping::Mapping;
+use crate::folio::Folio;
+use crate::mapping::{Mapping, SHARDS};
 
-/// The mappings of a cache that reclaim may take folios from.
+/// Folios taken from a shard at a time.
+const BATCH: usize = 32;
+
+/// The mappings of a cache that reclaim may take folios from, and the clock hand.
 #[derive(Default)]
 pub struct Reclaimer {
-    mappings: Mutex<Vec<Weak<Mapping>>>,
+    /// By registration number, the order the hand goes round in.
+    mappings: Mutex<BTreeMap<u64, Weak<Mapping>>>,
+    next_id: Mutex<u64>,
+    /// Held for a whole call: one reclaimer sweeps at a time.
+    hand: Mutex<Hand>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Hand {
+    mapping: u64,
+    shard: usize,
+    pos: u64,
+}
+
+/// What one sweep found and did.
+#[derive(Default)]
+struct Sweep {
+    freed: u64,
+    visited: u64,
+    active_bytes: u64,
+    inactive_bytes: u64,
+}
+
+/// What a sweep does with an active folio.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Active {
+    Keep,
+    /// Deactivate up to this many bytes of them.
+    Demote(u64),
 }
 
 impl Reclaimer {
     /// Lets reclaim take folios from `mapping` (held weakly: a dropped mapping drops out).
     pub fn register(&self, mapping: &Arc<Mapping>) {
+        let id = {
+            let mut n = self.next_id.lock();
+            *n += 1;
+            *n
+        };
         let mut m = self.mappings.lock();
-        m.retain(|w| w.strong_count() > 0);
-        m.push(Arc::downgrade(mapping));
+        m.retain(|_, w| w.strong_count() > 0);
+        m.insert(id, Arc::downgrade(mapping));
     }
 
-    fn live(&self) -> Vec<Arc<Mapping>> {
+    /// The live registered mappings, in hand order.
+    pub(crate) fn live(&self) -> Vec<(u64, Arc<Mapping>)> {
         let mut m = self.mappings.lock();
-        m.retain(|w| w.strong_count() > 0);
-        m.iter().filter_map(Weak::upgrade).collect()
+        m.retain(|_, w| w.strong_count() > 0);
+        m.iter()
+            .filter_map(|(&id, w)| w.upgrade().map(|m| (id, m)))
+            .collect()
     }
 
-    /// Evicts about `want_bytes` of clean folios, inactive and unreferenced first; returns
-    /// the bytes evicted. Round one evicts what was unreferenced and clears the referenced
-    /// bits; round two evicts what was only referenced before. If still short, the surplus of
-    /// active folios over inactive ones is deactivated and a third round runs; if even that
+    /// Evicts about `want_bytes` of clean folios, looking at no more than about `max_scan`
+    /// folios per round; returns the bytes evicted.
+    ///
+    /// Rounds one and two each go once round the clock (or `max_scan` folios): unreferenced
+    /// inactive folios are evicted and referenced ones lose the bit, so round two evicts what
+    /// round one spared. If still short and the rounds saw more active bytes than inactive,
+    /// half the surplus is deactivated in a third round, which evicts as it goes; if even that
     /// falls short (the cache is mostly a working set), as many active bytes as are still
-    /// wanted are deactivated for a last round. Protection is taken only as needed.
-    pub fn reclaim(&self, want_bytes: u64) -> u64 {
+    /// wanted are deactivated in a last round. Protection is taken only as needed.
+    pub fn reclaim(&self, want_bytes: u64, max_scan: u64) -> u64 {
         let mappings = self.live();
+        if mappings.is_empty() || want_bytes == 0 {
+            return 0;
+        }
+        let folios: u64 = mappings.iter().map(|(_, m)| m.nr_folios() as u64).sum();
+        let turn = folios.min(max_scan).max(1);
+        let mut hand = self.hand.lock();
         let mut freed = 0;
+        let (mut active, mut inactive, mut seen) = (0u64, 0u64, 0u64);
         for round in 0..4 {
             if freed >= want_bytes {
                 break;
             }
-            match round {
-                2 => deactivate(&mappings, Demote::Surplus),
-                3 => deactivate(&mappings, Demote::Bytes(want_bytes - freed)),
-                _ => {}
+            let demote = match round {
+                0 | 1 => Active::Keep,
+                2 => {
+                    // Scale what the first rounds saw to the whole cache.
+                    let surplus = active.saturating_sub(inactive) / 2;
+                    let scaled = surplus.saturating_mul(folios.max(1)) / seen.max(1);
+                    if scaled == 0 {
+                        continue;
+                    }
+                    Active::Demote(scaled)
+                }
+                _ => Active::Demote(want_bytes - freed),
+            };
+            let s = sweep(&mut hand, &mappings, want_bytes - freed, turn, demote);
+            freed += s.freed;
+            if round < 2 {
+                active += s.active_bytes;
+                inactive += s.inactive_bytes;
+                seen += s.visited;
             }
-            freed += evict_inactive(&mappings, want_bytes - freed);
         }
         freed
     }
 }
 
-/// One pass over the inactive folios: unreferenced ones are evicted, referenced ones lose the
-/// bit. Returns the bytes evicted, stopping at `want`.
-fn evict_inactive(mappings: &[Arc<Mapping>], want: u64) -> u64 {
-    let mut freed = 0;
-    for m in mappings {
-        for f in m.folios_in(0, u64::MAX) {
-            if freed >= want {
-                return freed;
+/// Moves the hand over up to `limit` folios, evicting unreferenced inactive ones until
+/// `want` bytes are freed; referenced inactive folios lose the bit, and active ones are kept
+/// or deactivated as `active` says.
+fn sweep(
+    hand: &mut Hand,
+    mappings: &[(u64, Arc<Mapping>)],
+    want: u64,
+    limit: u64,
+    mut active: Active,
+) -> Sweep {
+    let mut s = Sweep::default();
+    // Empty shards passed since the last folio: a whole turn of them means the cache holds
+    // nothing more to look at.
+    let mut empty = 0usize;
+    let all_shards = mappings.len() * SHARDS;
+    let mut i = mappings
+        .iter()
+        .position(|(id, _)| *id >= hand.mapping)
+        .unwrap_or(0);
+    if mappings[i].0 != hand.mapping {
+        *hand = Hand {
+            mapping: mappings[i].0,
+            shard: 0,
+            pos: 0,
+        };
+    }
+    while s.freed < want && s.visited < limit && empty <= all_shards {
+        let mapping = &mappings[i].1;
+        let batch = mapping.shard_batch(hand.shard, hand.pos, BATCH);
+        if batch.is_empty() {
+            empty += 1;
+            hand.shard += 1;
+            hand.pos = 0;
+            if hand.shard == SHARDS {
+                i = (i + 1) % mappings.len();
+                *hand = Hand {
+                    mapping: mappings[i].0,
+                    shard: 0,
+                    pos: 0,
+                };
             }
-            if f.is_active() || f.test_clear_referenced() {
-                continue;
+            continue;
+        }
+        empty = 0;
+        for f in &batch {
+            if s.freed >= want || s.visited >= limit {
+                break;
             }
-            if m.evict(&f) {
-                freed += f.size() as u64;
-            }
+            hand.pos = f.end();
+            s.visited += 1;
+            visit(mapping, f, &mut s, &mut active);
         }
     }
-    freed
+    s
 }
 
-/// How many active folios to deactivate.
-#[derive(Clone, Copy, Debug)]
-enum Demote {
-    /// Until active bytes are no more than inactive ones.
-    Surplus,
-    /// About this many bytes.
-    Bytes(u64),
-}
-
-fn deactivate(mappings: &[Arc<Mapping>], demote: Demote) {
-    let mut active = 0u64;
-    let mut inactive = 0u64;
-    for m in mappings {
-        for f in m.folios_in(0, u64::MAX) {
-            if f.is_active() {
-                active += f.size() as u64;
-            } else {
-                inactive += f.size() as u64;
-            }
-        }
-    }
-    let mut budget = match demote {
-        Demote::Surplus => active.saturating_sub(inactive) / 2,
-        Demote::Bytes(b) => b,
-    };
-    for m in mappings {
-        for f in m.folios_in(0, u64::MAX) {
-            if budget == 0 {
-                return;
-            }
-            if f.is_active() {
+fn visit(mapping: &Mapping, f: &Arc<Folio>, s: &mut Sweep, active: &mut Active) {
+    let size = f.size() as u64;
+    if f.is_active() {
+        s.active_bytes += size;
+        match active {
+            Active::Demote(left) if *left > 0 => {
                 f.deactivate();
-                budget = budget.saturating_sub(f.size() as u64);
+                *left = left.saturating_sub(size);
             }
+            _ => return,
         }
+    } else {
+        s.inactive_bytes += size;
+        if f.test_clear_referenced() {
+            return;
+        }
+    }
+    if mapping.evict(f) {
+        s.freed += size;
     }
 }

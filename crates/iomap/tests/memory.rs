@@ -1,0 +1,314 @@
+//! The cache within its memory limits: a budget kept by reclaim as folios are added, dirty
+//! data held under its limits by throttled writers and the flusher, and dirty data written
+//! back when it expires. Figures come from the cache's own gauges and its buffer pool's
+//! counters.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use iomap::iomap_dev::{
+    BlockDevice, BlockDeviceExt, DevAddr, FaultDevice, FaultRule, MemDevice, Op,
+};
+use iomap::{
+    buffered_read, buffered_write, CacheConfig, LinearMap, Mapping, MemoryLimits, PageCache,
+    SliceSource, WritebackOps,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Files of `file_size` bytes each, side by side on one device, registered with their cache
+/// for reclaim and the flusher.
+struct Files {
+    cache: Arc<PageCache>,
+    dev: Arc<dyn BlockDevice>,
+    files: Vec<(Arc<Mapping>, Arc<LinearMap>)>,
+}
+
+impl Files {
+    fn new(dev: Arc<dyn BlockDevice>, n: u64, file_size: u64, limits: MemoryLimits) -> Self {
+        let cache = PageCache::new(CacheConfig {
+            page_size: 4096,
+            max_folio_size: 256 << 10,
+        })
+        .unwrap();
+        cache.set_limits(limits).unwrap();
+        let files = (0..n)
+            .map(|i| {
+                let map = Arc::new(LinearMap::new(DevAddr(i * file_size), file_size));
+                let m = Arc::new(Mapping::new(Arc::clone(&cache), Arc::clone(&dev), 4096).unwrap());
+                m.set_size(file_size);
+                let wb: Arc<dyn WritebackOps> = map.clone();
+                assert!(m.set_writeback_ops(wb));
+                cache.register(&m);
+                (m, map)
+            })
+            .collect();
+        Self { cache, dev, files }
+    }
+
+    fn mem(n: u64, file_size: u64, limits: MemoryLimits) -> Self {
+        Self::new(
+            Arc::new(MemDevice::new(n * file_size)),
+            n,
+            file_size,
+            limits,
+        )
+    }
+
+    fn write(&self, file: usize, pos: u64, data: &[u8]) {
+        let (m, map) = &self.files[file];
+        let len = data.len() as u64;
+        let n = buffered_write(m, &**map, pos, len, &mut SliceSource::new(data)).unwrap();
+        assert_eq!(n, len);
+    }
+
+    fn read(&self, file: usize, pos: u64, buf: &mut [u8]) {
+        let (m, map) = &self.files[file];
+        assert_eq!(buffered_read(m, &**map, pos, buf).unwrap(), buf.len());
+    }
+
+    fn dirty(&self) -> u64 {
+        let u = self.cache.usage();
+        u.dirty_bytes + u.writeback_bytes
+    }
+}
+
+fn pattern(file: usize, pos: u64) -> u8 {
+    (pos / 4096) as u8 ^ (pos as u8).rotate_left(3) ^ file as u8
+}
+
+fn chunk(file: usize, pos: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern(file, pos + i)).collect()
+}
+
+#[test]
+fn writing_four_times_the_budget_keeps_the_cache_within_it() {
+    let budget = 8 * MIB;
+    let files = Files::mem(1, 4 * budget, MemoryLimits::with_budget(budget));
+    files.cache.start_flusher().unwrap();
+    files.cache.set_pool_max_bytes(budget / 8);
+    // A margin of one reclaim batch past the budget: allocation reclaims once it is over.
+    let margin = budget / 64 + (256 << 10);
+    let mut peak = 0;
+    for pos in (0..4 * budget).step_by(64 << 10) {
+        files.write(0, pos, &chunk(0, pos, 64 << 10));
+        let live = files.cache.pool_stats().live_bytes;
+        assert!(live <= budget + margin, "{live} bytes of folios at {pos}");
+        peak = peak.max(live);
+    }
+    assert!(peak > budget / 2, "the budget was never approached: {peak}");
+    let s = files.cache.stats().snapshot();
+    assert!(
+        s.direct_reclaims > 0 && s.reclaimed_bytes >= 2 * budget,
+        "{s:?}"
+    );
+    files.cache.sync_all().unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    let dev = &files.dev;
+    for pos in (0..4 * budget).step_by(MIB as usize) {
+        dev.read_at(DevAddr(pos), &mut buf).unwrap();
+        assert!(buf == chunk(0, pos, buf.len()), "device differs at {pos}");
+    }
+}
+
+#[test]
+fn reading_four_times_the_budget_keeps_the_cache_within_it_and_the_hot_file_cached() {
+    let budget = 4 * MIB;
+    let files = Files::mem(2, 4 * budget, MemoryLimits::with_budget(budget));
+    for pos in (0..4 * budget).step_by(MIB as usize) {
+        files.write(1, pos, &chunk(1, pos, MIB as usize));
+        files.cache.sync_all().unwrap();
+    }
+    files.cache.reclaim(u64::MAX);
+    let mut buf = vec![0u8; 64 << 10];
+    // The hot data: the first 512 KiB of file 1, read twice.
+    for _ in 0..2 {
+        for pos in (0..512 << 10).step_by(buf.len()) {
+            files.read(1, pos, &mut buf);
+        }
+    }
+    let reads_before = files.cache.stats().snapshot().dev_read_requests;
+    for pos in (0..4 * budget).step_by(buf.len()) {
+        files.read(0, pos, &mut buf);
+        assert!(buf.iter().all(|&b| b == 0));
+        let cached = files.cache.usage().cached_bytes;
+        assert!(cached <= budget + budget / 64 + (256 << 10), "{cached}");
+    }
+    let scan_reads = files.cache.stats().snapshot().dev_read_requests;
+    assert!(scan_reads > reads_before);
+    for pos in (0..512 << 10).step_by(buf.len()) {
+        files.read(1, pos, &mut buf);
+        assert!(buf == chunk(1, pos, buf.len()));
+    }
+    assert_eq!(
+        files.cache.stats().snapshot().dev_read_requests,
+        scan_reads,
+        "the hot data was evicted by the scan"
+    );
+}
+
+/// Readers of several files under a budget far smaller than what they read: each read's
+/// folios are pinned until copied, so reclaim by other readers' allocations cannot take them
+/// first and every read completes with the right bytes.
+#[test]
+fn readers_under_a_tiny_budget_all_complete() {
+    let budget = MIB;
+    let files = Files::mem(4, 8 * MIB, MemoryLimits::with_budget(budget));
+    for f in 0..4 {
+        for pos in (0..8 * MIB).step_by(MIB as usize) {
+            files.write(f, pos, &chunk(f, pos, MIB as usize));
+        }
+    }
+    files.cache.sync_all().unwrap();
+    std::thread::scope(|s| {
+        for f in 0..4 {
+            let files = &files;
+            s.spawn(move || {
+                let mut buf = vec![0u8; 3 * MIB as usize / 2];
+                for round in 0..3u64 {
+                    let mut pos = round * 4096;
+                    while pos + buf.len() as u64 <= 8 * MIB {
+                        files.read(f, pos, &mut buf);
+                        assert!(buf == chunk(f, pos, buf.len()), "file {f} at {pos}");
+                        pos += buf.len() as u64;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A device whose writes each take a while, so that dirty data builds up faster than it is
+/// cleaned.
+fn slow_writes(capacity: u64) -> Arc<dyn BlockDevice> {
+    let dev = FaultDevice::new(MemDevice::new(capacity));
+    dev.add_rule(FaultRule::on(Op::Write).delay(Duration::from_millis(25)));
+    Arc::new(dev)
+}
+
+#[test]
+fn throttled_writers_on_several_threads_all_make_progress_within_the_limit() {
+    const THREADS: usize = 4;
+    const WRITE: usize = 64 << 10;
+    let budget = 16 * MIB;
+    let limits = MemoryLimits::with_budget(budget); // dirty 3.2 MiB, background 1.6 MiB
+    let per_file = 8 * MIB;
+    let files = Files::new(
+        slow_writes(THREADS as u64 * per_file),
+        THREADS as u64,
+        per_file,
+        limits,
+    );
+    files.cache.start_flusher().unwrap();
+    let done: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(0)).collect();
+    let peak = AtomicU64::new(0);
+    let start = Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (files, done, peak, start) = (&files, &done, &peak, &start);
+            s.spawn(move || {
+                start.wait();
+                for pos in (0..per_file).step_by(WRITE) {
+                    files.write(t, pos, &chunk(t, pos, WRITE));
+                    done[t].fetch_add(1, Ordering::Relaxed);
+                    peak.fetch_max(files.dirty(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let s = files.cache.stats().snapshot();
+    assert!(s.throttled_writes > 0, "nobody was throttled: {s:?}");
+    assert!(s.throttled_micros > 0);
+    assert!(s.threshold_writebacks > 0, "{s:?}");
+    // Each writer may dirty one write (and one largest folio) past the limit before it is
+    // throttled.
+    let bound = limits.dirty_bytes + THREADS as u64 * (WRITE as u64 + (256 << 10));
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak <= bound, "dirty data peaked at {peak}, limit {bound}");
+    for d in &done {
+        assert_eq!(d.load(Ordering::Relaxed), per_file / WRITE as u64);
+    }
+    files.cache.sync_all().unwrap();
+    let mut buf = vec![0u8; per_file as usize];
+    for t in 0..THREADS {
+        files
+            .dev
+            .read_at(DevAddr(t as u64 * per_file), &mut buf)
+            .unwrap();
+        assert!(buf == chunk(t, 0, buf.len()), "file {t} on the device");
+    }
+}
+
+#[test]
+fn the_flusher_writes_back_expired_data_oldest_file_first_and_leaves_young_data() {
+    let mut limits = MemoryLimits::with_budget(64 * MIB);
+    limits.dirty_expire = Duration::from_secs(3600);
+    let files = Files::mem(2, MIB, limits);
+    files.cache.start_flusher().unwrap();
+    files.write(0, 0, &chunk(0, 0, 256 << 10));
+    files.write(1, 0, &chunk(1, 0, 256 << 10));
+    let first = files.files[0].0.dirtied_when().unwrap();
+    let second = files.files[1].0.dirtied_when().unwrap();
+    assert!(first <= second);
+    // Young data under the background threshold stays dirty through a pass.
+    assert!(files.cache.flush_pass());
+    assert_eq!(files.cache.usage().dirty_bytes, 512 << 10);
+    assert_eq!(files.cache.stats().snapshot().dev_write_requests, 0);
+    // Once it has expired it is written back, oldest file first.
+    limits.dirty_expire = Duration::ZERO;
+    files.cache.set_limits(limits).unwrap();
+    assert!(files.cache.flush_pass());
+    files.cache.drain_completions();
+    for (m, _) in &files.files {
+        m.wait_writeback_range(0, u64::MAX);
+        assert_eq!(m.dirtied_when(), None);
+    }
+    let u = files.cache.usage();
+    assert_eq!((u.dirty_bytes, u.writeback_bytes), (0, 0));
+    let s = files.cache.stats().snapshot();
+    assert_eq!(s.expired_writebacks, 2);
+    assert_eq!(s.dev_write_bytes, 512 << 10);
+    let mut buf = vec![0u8; 256 << 10];
+    files.dev.read_at(DevAddr(0), &mut buf).unwrap();
+    assert!(buf == chunk(0, 0, buf.len()));
+}
+
+#[test]
+fn the_flusher_writes_back_down_to_the_background_threshold() {
+    let mut limits = MemoryLimits::with_budget(64 * MIB); // background 6.4 MiB
+    limits.dirty_expire = Duration::from_secs(3600);
+    let files = Files::mem(1, 16 * MIB, limits);
+    // No flusher yet: nothing throttles or writes back while the data is written.
+    for pos in (0..10 * MIB).step_by(MIB as usize) {
+        files.write(0, pos, &chunk(0, pos, MIB as usize));
+    }
+    assert_eq!(files.cache.usage().dirty_bytes, 10 * MIB);
+    files.cache.start_flusher().unwrap();
+    assert!(files.cache.flush_pass());
+    let u = files.cache.usage();
+    assert!(
+        u.dirty_bytes <= limits.dirty_background_bytes,
+        "{u:?} over the background threshold"
+    );
+    assert!(
+        u.dirty_bytes > 0,
+        "more than the excess was written back: {u:?}"
+    );
+    // The oldest data (file order within a file) went first.
+    assert!(files.files[0].0.dirty_folios(0, MIB).is_empty());
+}
+
+#[test]
+fn limits_out_of_order_are_refused_and_leave_the_old_ones() {
+    let files = Files::mem(1, MIB, MemoryLimits::with_budget(64 * MIB));
+    let mut bad = MemoryLimits::with_budget(64 * MIB);
+    bad.dirty_bytes = 128 * MIB;
+    assert!(files.cache.set_limits(bad).is_err());
+    assert_eq!(files.cache.limits(), MemoryLimits::with_budget(64 * MIB));
+}
