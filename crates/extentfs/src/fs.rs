@@ -355,6 +355,12 @@ impl ExtentFs {
         mapping.set_max_file_size(max_file_size(self.shared.bs));
         mapping.set_size(size);
         let mapping = Arc::new(mapping);
+        let wb: Arc<dyn WritebackOps> = Arc::new(FileWb {
+            shared: Arc::clone(&self.shared),
+            ino,
+        });
+        // The cache's flusher (when the mount runs one) writes the file back with its ops.
+        mapping.set_writeback_ops(Arc::clone(&wb));
         self.shared.cache.register(&mapping);
         let node = Arc::new(Node {
             map: Arc::new(FileMap {
@@ -362,10 +368,7 @@ impl ExtentFs {
                 ino,
                 mapping: Arc::clone(&mapping),
             }),
-            wb: Arc::new(FileWb {
-                shared: Arc::clone(&self.shared),
-                ino,
-            }),
+            wb,
             mapping,
             io: RwLock::new(()),
             opens: AtomicU32::new(0),

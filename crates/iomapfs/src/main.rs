@@ -5,7 +5,6 @@
 
 mod cli;
 mod errno;
-mod flusher;
 mod fuse;
 mod image;
 mod size;

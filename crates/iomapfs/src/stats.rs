@@ -2,14 +2,11 @@
 //! extended attribute of the mount's root (`iomapfs.stats`), which `iomapfs stats` reads.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use extentfs::ExtentFs;
 use iomap_dev::DeviceKind;
 use serde_json::{json, Value};
-
-use crate::flusher::Flusher;
 
 /// The attribute name on the root directory that yields the statistics.
 pub const STATS_XATTR: &str = "iomapfs.stats";
@@ -34,19 +31,17 @@ fn ratio(num: u64, den: u64) -> f64 {
 
 impl StatsSource {
     /// The statistics now, as a JSON document.
-    pub fn render(&self, fs: &ExtentFs, flusher: &Flusher) -> String {
-        self.to_json(fs, flusher).to_string()
+    pub fn render(&self, fs: &ExtentFs) -> String {
+        self.to_json(fs).to_string()
     }
 
-    fn to_json(&self, fs: &ExtentFs, flusher: &Flusher) -> Value {
+    fn to_json(&self, fs: &ExtentFs) -> Value {
         let c = fs.cache().stats().snapshot();
         let pool = fs.cache().pool_stats();
         let u = fs.cache_usage();
-        let l = flusher.limits();
-        let f = flusher.stats();
+        let l = fs.cache().limits();
         let s = fs.statfs();
         let requests = c.dev_read_requests + c.dev_write_requests;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         json!({
             "image": self.image.display().to_string(),
             "device": self.device.name(),
@@ -58,15 +53,17 @@ impl StatsSource {
                 "cached_bytes": u.cached_bytes,
                 "dirty_bytes": u.dirty_bytes,
                 "writeback_bytes": u.writeback_bytes,
-                "limit_bytes": l.cache_bytes,
+                "limit_bytes": l.budget_bytes,
                 "dirty_limit_bytes": l.dirty_bytes,
                 "dirty_background_bytes": l.dirty_background_bytes,
                 "dirty_expire_secs": l.dirty_expire.as_secs_f64(),
                 "reclaims": c.reclaims,
+                "direct_reclaims": c.direct_reclaims,
                 "reclaimed_bytes": c.reclaimed_bytes,
                 "buffers_reused": pool.reused,
                 "buffers_allocated": pool.allocated,
                 "pool_bytes": pool.held_bytes,
+                "buffer_bytes": pool.live_bytes,
             },
             "reads": {
                 "hits": c.read_hits,
@@ -87,15 +84,13 @@ impl StatsSource {
             "errors": {
                 "read": c.read_errors,
                 "writeback": c.writeback_errors,
-                "flusher": load(&f.errors),
             },
             "flusher": {
-                "passes": load(&f.passes),
-                "expired_files": load(&f.expired_files),
-                "threshold_files": load(&f.threshold_files),
-                "throttled_writes": load(&f.throttled_writes),
-                "throttled_secs": load(&f.throttled_micros) as f64 / 1e6,
-                "reclaimed_bytes": load(&f.reclaimed_bytes),
+                "passes": c.flusher_passes,
+                "expired_files": c.expired_writebacks,
+                "threshold_slices": c.threshold_writebacks,
+                "throttled_writes": c.throttled_writes,
+                "throttled_secs": c.throttled_micros as f64 / 1e6,
             },
             "space": {
                 "block_size": s.bsize,

@@ -13,13 +13,13 @@ use extentfs::format::{Superblock, SB_LEN};
 use extentfs::{ExtentFs, MountOptions};
 use fuser::{Config, MountOption, Session, SessionACL};
 use indicatif::{ProgressBar, ProgressStyle};
+use iomap::MemoryLimits;
 use iomap_dev::{BlockDevice, FaultDevice, FaultRule, Op as FaultOp};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
 use super::{CliError, MountArgs};
-use crate::flusher::{Flusher, Limits};
 use crate::fuse::{fusermount, FuseFs};
 use crate::image::{create_sparse, LockedImage};
 use crate::size::human;
@@ -61,20 +61,32 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
             human(MIN_CACHE)
         )));
     }
-    let limits = Limits::new(
-        cache,
-        a.dirty_limit.unwrap_or(cache / 5),
-        Duration::from_secs(a.dirty_expire),
-    );
+    let dirty = a.dirty_limit.unwrap_or(cache / 5).clamp(64 << 10, cache);
+    let limits = MemoryLimits {
+        budget_bytes: cache,
+        dirty_bytes: dirty,
+        dirty_background_bytes: dirty / 2,
+        dirty_expire: Duration::from_secs(a.dirty_expire),
+        // The kernel's 5 s, or sooner for a short expiry, so data is written back within
+        // about the expiry.
+        writeback_interval: Duration::from_secs(5)
+            .min(Duration::from_secs(a.dirty_expire) / 2)
+            .max(Duration::from_millis(100)),
+    };
     // Buffers of evicted folios are kept for new ones, up to an eighth of the cache.
-    fs.cache().set_pool_max_bytes(limits.cache_bytes / 8);
-    let flusher = Flusher::start(Arc::clone(&fs), limits)?;
+    fs.cache().set_pool_max_bytes(cache / 8);
+    fs.cache()
+        .set_limits(limits)
+        .map_err(|e| CliError::Usage(format!("bad cache limits: {e}")))?;
+    fs.cache()
+        .start_flusher()
+        .map_err(|e| io::Error::other(format!("cannot start the flusher: {e}")))?;
     let stats = Arc::new(StatsSource {
         image: std::fs::canonicalize(&a.image).unwrap_or_else(|_| a.image.clone()),
         device: kind,
         started: Instant::now(),
     });
-    let served = FuseFs::new(Arc::clone(&fs), Arc::clone(&flusher), stats);
+    let served = FuseFs::new(Arc::clone(&fs), stats);
 
     // Signals are caught from before the mount on, so that none leaves a dead mount behind.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -106,7 +118,7 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
         a.image.display(),
         mountpoint.display(),
         fs.block_size(),
-        human(limits.cache_bytes),
+        human(limits.budget_bytes),
         human(limits.dirty_bytes),
         if root { "umount" } else { "fusermount3 -u" },
         mountpoint.display()
@@ -165,7 +177,7 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
             }
         }
     }
-    flusher.stop();
+    fs.cache().stop_flusher();
     finish(&fs, &a.image)
 }
 

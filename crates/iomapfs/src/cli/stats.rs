@@ -125,20 +125,18 @@ fn render(v: &Value) -> String {
     row(
         "errors",
         format!(
-            "{} read, {} writeback, {} in background writeback",
+            "{} read, {} writeback",
             u(v, "/errors/read"),
-            u(v, "/errors/writeback"),
-            u(v, "/errors/flusher")
+            u(v, "/errors/writeback")
         ),
     );
     row(
         "flusher",
         format!(
-            "{} passes, {} files expired, {} over threshold, {} reclaimed",
+            "{} passes, {} files expired, {} slices over threshold",
             u(v, "/flusher/passes"),
             u(v, "/flusher/expired_files"),
-            u(v, "/flusher/threshold_files"),
-            b("/flusher/reclaimed_bytes")
+            u(v, "/flusher/threshold_slices")
         ),
     );
     row(

@@ -24,7 +24,6 @@ use tracing::{debug, warn};
 use super::attr::{file_attr, kind, kind_of_mode, time_or_now};
 use super::handles::{Handles, OpenFile};
 use crate::errno::fs_errno;
-use crate::flusher::Flusher;
 use crate::stats::{StatsSource, STATS_XATTR};
 
 /// How long the kernel may trust names and attributes we return. Every change goes through
@@ -42,7 +41,6 @@ const MAX_REQUEST: u32 = 1 << 20;
 pub struct FuseFs {
     fs: Arc<ExtentFs>,
     files: Handles,
-    flusher: Arc<Flusher>,
     stats: Arc<StatsSource>,
 }
 
@@ -57,12 +55,11 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 }
 
 impl FuseFs {
-    /// Serves `fs`, with `flusher` keeping its cache within limits.
-    pub fn new(fs: Arc<ExtentFs>, flusher: Arc<Flusher>, stats: Arc<StatsSource>) -> Self {
+    /// Serves `fs`, whose cache keeps itself within its limits.
+    pub fn new(fs: Arc<ExtentFs>, stats: Arc<StatsSource>) -> Self {
         Self {
             fs,
             files: Handles::default(),
-            flusher,
             stats,
         }
     }
@@ -360,10 +357,7 @@ impl fuser::Filesystem for FuseFs {
                 None => self.fs.read(ino.0, offset, &mut buf[..size]),
             };
             match res {
-                Ok(n) => {
-                    self.flusher.read();
-                    reply.data(&buf[..n]);
-                }
+                Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(fs_errno(&e)),
             }
         });
@@ -387,13 +381,9 @@ impl fuser::Filesystem for FuseFs {
             }
         }
         match self.fs.write(ino.0, offset, data) {
-            Ok(n) => {
-                // The writer waits here, inside its write call, while dirty data is over the
-                // limit (as the kernel's writers wait in balance_dirty_pages); no filesystem
-                // lock is held meanwhile.
-                self.flusher.wrote(ino.0);
-                reply.written(n as u32);
-            }
+            // A writer over the dirty limits was paused inside the engine's write, as the
+            // kernel's writers are in balance_dirty_pages.
+            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(fs_errno(&e)),
         }
     }
@@ -539,7 +529,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let value = if ino.0 == extentfs::ROOT_INO && name == STATS_XATTR {
-            Ok(self.stats.render(&self.fs, &self.flusher).into_bytes())
+            Ok(self.stats.render(&self.fs).into_bytes())
         } else {
             self.fs.getxattr(ino.0, name_bytes(name))
         };
@@ -664,10 +654,7 @@ impl fuser::Filesystem for FuseFs {
             .fs
             .copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
         {
-            Ok(n) => {
-                self.flusher.wrote(ino_out.0);
-                reply.written(n as u32);
-            }
+            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(fs_errno(&e)),
         }
     }
