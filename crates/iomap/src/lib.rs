@@ -51,8 +51,8 @@ pub use readahead::{
 pub use seek::{seek_data, seek_hole};
 pub use stats::{CacheStats, Counter, GaugeSnapshot, StatsSnapshot};
 pub use write::{
-    buffered_write, file_unshare, page_mkwrite, write_begin, write_end, MkwriteFolio, ReaderSource,
-    SliceSource, WriteSource,
+    buffered_write, buffered_write_uncached, file_unshare, page_mkwrite, write_begin, write_end,
+    MkwriteFolio, ReaderSource, SliceSource, WriteSource,
 };
 pub use writeback::{
     sync_mappings, write_and_wait_range, writepages, Ioend, IoendFlags, OpenFile, SyncMode,

@@ -383,7 +383,7 @@ impl Mapping {
 
     /// Ends writeback of a folio whose write I/O is all done: flag and tag cleared, waiters
     /// woken. Runs on completion paths without the folio lock.
-    pub(crate) fn end_writeback(&self, folio: &Folio) {
+    pub(crate) fn end_writeback(&self, folio: &Arc<Folio>) {
         // A folio removed from the index had its tags cleared then, and its offset may since
         // hold another folio whose tags are not this one's to clear.
         if !folio.is_detached() {
@@ -391,6 +391,11 @@ impl Mapping {
         }
         folio.clear_writeback();
         self.cache.throttle().written_back(folio.size() as u64);
+        // An uncached write's folio goes once it is clean on the device, unless it is busy
+        // (locked, redirtied or pinned), when it stays like any other.
+        if folio.is_dropbehind() {
+            self.evict(folio);
+        }
     }
 
     /// Offsets of folios under writeback in `[start, end)`, in file order.

@@ -11,6 +11,7 @@
 //! `i_rwsem`. A folio is locked from `write_begin` to the end of the copy and waits for
 //! writeback first, so the device never sees data change under a request.
 
+use std::collections::HashSet;
 use std::io::{self, Read};
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::iomap::{IomapFlags, IomapKind, IomapOps, IterFlags};
 use crate::iter::IomapIter;
 use crate::mapping::Mapping;
 use crate::read::{fill_inline, read_folios};
+use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
 
 /// Where a write's bytes come from: a buffer, a reader, a socket. It may deliver fewer bytes
 /// than asked (a short copy), and takes back bytes the engine could not commit so that it
@@ -145,6 +147,44 @@ pub fn buffered_write(
         (0, Ok(()), Some(e)) => Err(Error::Io(e)),
         (n, ..) => Ok(n),
     }
+}
+
+/// An uncached write (Linux's `RWF_DONTCACHE`): writes as [`buffered_write`] does, then
+/// starts writeback of what it wrote, and the folios the write brought into the cache are
+/// dropped as their writeback ends, so streaming writes do not push out what others use.
+/// Folios cached before the write stay, and so does a folio read through the cache
+/// meanwhile.
+pub fn buffered_write_uncached(
+    mapping: &Arc<Mapping>,
+    ops: &dyn IomapOps,
+    wb: &Arc<dyn WritebackOps>,
+    pos: u64,
+    len: u64,
+    src: &mut dyn WriteSource,
+) -> Result<u64> {
+    let end = pos.saturating_add(len);
+    let before: HashSet<u64> = mapping
+        .folios_in(pos, end)
+        .iter()
+        .map(|f| f.pos())
+        .collect();
+    let n = buffered_write(mapping, ops, pos, len, src)?;
+    for f in mapping.folios_in(pos, pos + n) {
+        if !before.contains(&f.pos()) {
+            f.set_dropbehind();
+        }
+    }
+    let mut wbc = WritebackControl {
+        sync_mode: SyncMode::None,
+        start: pos,
+        end: pos + n,
+        budget_bytes: None,
+        written_bytes: 0,
+    };
+    // As for any background writeback, an error is recorded for fsync to report; the write
+    // itself succeeded.
+    let _ = writepages(mapping, wb, &mut wbc);
+    Ok(n)
 }
 
 /// Drops folios that a failed or short write instantiated past EOF, so no folio past EOF

@@ -16,8 +16,8 @@ use iomap::iomap_dev::{
     BlockDevice, BlockDeviceExt, DevAddr, FaultDevice, FaultRule, MemDevice, Op,
 };
 use iomap::{
-    buffered_read, buffered_write, CacheConfig, LinearMap, Mapping, MemoryLimits, PageCache,
-    SliceSource, WritebackOps,
+    buffered_read, buffered_write, buffered_write_uncached, CacheConfig, LinearMap, Mapping,
+    MemoryLimits, PageCache, SliceSource, WritebackOps,
 };
 
 const MIB: u64 = 1 << 20;
@@ -311,4 +311,45 @@ fn limits_out_of_order_are_refused_and_leave_the_old_ones() {
     bad.dirty_bytes = 128 * MIB;
     assert!(files.cache.set_limits(bad).is_err());
     assert_eq!(files.cache.limits(), MemoryLimits::with_budget(64 * MIB));
+}
+
+#[test]
+fn an_uncached_write_leaves_only_what_was_cached_before_once_written_back() {
+    let files = Files::mem(1, 8 * MIB, MemoryLimits::default());
+    files.write(0, 0, &chunk(0, 0, 64 << 10));
+    let (m, map) = &files.files[0];
+    let wb: Arc<dyn WritebackOps> = map.clone();
+    let data = chunk(0, 0, 4 * MIB as usize);
+    let n = buffered_write_uncached(
+        m,
+        &**map,
+        &wb,
+        0,
+        data.len() as u64,
+        &mut SliceSource::new(&data),
+    )
+    .unwrap();
+    assert_eq!(n, data.len() as u64);
+    files.cache.drain_completions();
+    m.wait_writeback_range(0, u64::MAX);
+    let cached: Vec<(u64, usize)> = m
+        .folios_in(0, u64::MAX)
+        .iter()
+        .map(|f| (f.pos(), f.size()))
+        .collect();
+    assert_eq!(
+        cached,
+        vec![(0, 64 << 10)],
+        "only the folio cached before stays"
+    );
+    assert!(
+        !m.find_folio(0).unwrap().is_dirty(),
+        "the write was written back"
+    );
+    assert_eq!(files.cache.usage().cached_bytes, 64 << 10);
+    let mut buf = vec![0u8; data.len()];
+    files.dev.read_at(DevAddr(0), &mut buf[..]).unwrap();
+    assert!(buf == data, "the device holds the write");
+    files.read(0, 0, &mut buf);
+    assert!(buf == data);
 }

@@ -37,6 +37,7 @@ const DETACHED: u32 = 1 << 5;
 const READAHEAD: u32 = 1 << 6;
 const REFERENCED: u32 = 1 << 7;
 const ACTIVE: u32 = 1 << 8;
+const DROPBEHIND: u32 = 1 << 9;
 
 /// What debug builds fill new folios with (the kernel's slab poison byte).
 #[cfg(debug_assertions)]
@@ -193,6 +194,10 @@ impl Folio {
             return;
         }
         if f & REFERENCED == 0 {
+            // A cached read wants it kept: it is no longer dropped after writeback.
+            if f & DROPBEHIND != 0 {
+                self.flags.fetch_and(!DROPBEHIND, Ordering::Relaxed);
+            }
             self.flags.fetch_or(REFERENCED, Ordering::Relaxed);
         } else {
             self.flags.fetch_or(ACTIVE, Ordering::Relaxed);
@@ -211,6 +216,17 @@ impl Folio {
     /// Pinned by a reader.
     pub(crate) fn is_pinned(&self) -> bool {
         self.pins.load(Ordering::Acquire) > 0
+    }
+
+    /// Marks the folio to be dropped once its writeback ends (the kernel's
+    /// `PG_dropbehind`, set by uncached writes).
+    pub(crate) fn set_dropbehind(&self) {
+        self.flags.fetch_or(DROPBEHIND, Ordering::Relaxed);
+    }
+
+    /// To be dropped once its writeback ends.
+    pub fn is_dropbehind(&self) -> bool {
+        self.test(DROPBEHIND)
     }
 
     /// On the active list.
