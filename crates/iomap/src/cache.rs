@@ -120,11 +120,12 @@ impl PageCache {
     /// Evicts about `want_bytes` of clean folios from the registered mappings, scan
     /// resistantly (see [`Reclaimer`]); returns the bytes evicted.
     pub fn reclaim(&self, want_bytes: u64) -> u64 {
-        self.reclaim_scanning(want_bytes, u64::MAX)
+        self.reclaim_scanning(want_bytes, u64::MAX, true)
     }
 
-    fn reclaim_scanning(&self, want_bytes: u64, max_scan: u64) -> u64 {
-        let freed = self.reclaimer.reclaim(want_bytes, max_scan);
+    fn reclaim_scanning(&self, want_bytes: u64, max_scan: u64, wait: bool) -> u64 {
+        let folios = self.gauges.snapshot().folios;
+        let freed = self.reclaimer.reclaim(want_bytes, folios, max_scan, wait);
         if freed > 0 {
             self.stats.reclaims.add(1);
             self.stats.reclaimed_bytes.add(freed);
@@ -214,14 +215,15 @@ impl PageCache {
         let clean = g
             .cached_bytes
             .saturating_sub(g.dirty_bytes + g.writeback_bytes);
-        let want = g.cached_bytes - budget + (budget / 64).min(4 << 20);
-        if clean < want {
+        let want = (g.cached_bytes - budget + (budget / 64).min(4 << 20)).min(clean);
+        if want == 0 {
             self.flusher.kick();
             return;
         }
         self.stats.direct_reclaims.add(1);
         let page = self.config.page_size as u64;
-        let freed = self.reclaim_scanning(want, 4 * want.div_ceil(page) + 64);
+        // Another thread reclaiming is freeing memory already: no need to queue behind it.
+        let freed = self.reclaim_scanning(want, 4 * want.div_ceil(page) + 64, false);
         if freed < want {
             self.flusher.kick();
         }
@@ -238,17 +240,11 @@ impl PageCache {
                     self.throttle.pause(p, &self.stats);
                 }
             }
-            Verdict::Wait => {
-                let hard = self.throttle.limits().dirty_bytes;
-                self.throttle.wait_below(
-                    &self.stats,
-                    || {
-                        let g = self.gauges.snapshot();
-                        g.dirty_bytes + g.writeback_bytes < hard
-                    },
-                    || self.flusher.kick(),
-                );
-            }
+            Verdict::Wait => self.throttle.wait_below(
+                &self.stats,
+                || self.gauges.snapshot(),
+                || self.flusher.kick(),
+            ),
         }
     }
 

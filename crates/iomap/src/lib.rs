@@ -37,7 +37,7 @@ mod zero;
 pub use cache::{CacheConfig, CompletionHold, PageCache};
 pub use error::{libc_errno, Error, Result};
 pub use errseq::{ErrSeq, ErrSeqSince};
-pub use folio::{BlockBitmap, Folio, FolioGuard, FolioSnapshot, FolioState};
+pub use folio::{BlockBitmap, Folio, FolioGuard, FolioPin, FolioSnapshot, FolioState};
 pub use iomap::{InlineData, Iomap, IomapFlags, IomapKind, IomapOps, IomapPair, IterFlags};
 pub use iter::IomapIter;
 pub use linear::LinearMap;

@@ -46,6 +46,8 @@ pub struct Mapping {
     max_file_size: AtomicU64,
     size: AtomicU64,
     shards: Box<[Shard]>,
+    /// Folios in the index.
+    folios: AtomicU64,
     tags: Mutex<Tags>,
     errseq: ErrSeq,
     /// The filesystem's error sequence (the kernel's `s_wb_err`), for syncfs.
@@ -91,6 +93,7 @@ impl Mapping {
             max_file_size: AtomicU64::new(i64::MAX as u64 & !(u64::from(block_size) - 1)),
             size: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| RwLock::new(BTreeMap::new())).collect(),
+            folios: AtomicU64::new(0),
             tags: Mutex::new(Tags::default()),
             errseq: ErrSeq::new(),
             sb_errseq: None,
@@ -177,6 +180,14 @@ impl Mapping {
         self.tags.lock().dirtied_when
     }
 
+    /// Restarts the dirty age of a mapping that is still dirty after being written back.
+    pub(crate) fn redirtied_now(&self) {
+        let mut tags = self.tags.lock();
+        if !tags.dirty.is_empty() {
+            tags.dirtied_when = Some(Instant::now());
+        }
+    }
+
     /// The filesystem-wide error sequence, if one was set.
     pub fn sb_errseq(&self) -> Option<&Arc<ErrSeq>> {
         self.sb_errseq.as_ref()
@@ -217,8 +228,9 @@ impl Mapping {
         Self::covering(&self.shard(pos).read(), pos).cloned()
     }
 
-    /// The cached folio holding `pos`, pinned against eviction while the pin lives.
-    pub(crate) fn find_pinned(&self, pos: u64) -> Option<FolioPin> {
+    /// The cached folio holding `pos`, pinned against eviction while the pin lives (the
+    /// reference a kernel reader takes with `filemap_get_folio`).
+    pub fn find_pinned(&self, pos: u64) -> Option<FolioPin> {
         Self::covering(&self.shard(pos).read(), pos).map(Folio::pin)
     }
 
@@ -272,6 +284,7 @@ impl Mapping {
     fn added(&self, size: usize) {
         self.cache.stats().folios_added.add(1);
         self.cache.gauges().added(size as u64);
+        self.folios.fetch_add(1, Ordering::Relaxed);
         self.cache.after_add();
     }
 
@@ -335,19 +348,24 @@ impl Mapping {
     }
 
     /// Up to `n` cached folios of index shard `shard` at offsets from `from`, in offset order:
-    /// reclaim's clock hand moves through a mapping shard by shard.
-    pub(crate) fn shard_batch(&self, shard: usize, from: u64, n: usize) -> Vec<Arc<Folio>> {
-        self.shards[shard % SHARDS]
-            .read()
-            .range(from..)
-            .take(n)
-            .map(|(_, f)| Arc::clone(f))
-            .collect()
+    /// reclaim's clock hand moves through a mapping shard by shard. `None` when the shard is
+    /// busy: reclaim runs under folio locks of the allocating thread, and never waits for a
+    /// shard (a queued writer would make a shared lock wait for a reader that may be waiting
+    /// for one of those folios).
+    pub(crate) fn shard_batch(&self, shard: usize, from: u64, n: usize) -> Option<Vec<Arc<Folio>>> {
+        let shard = self.shards[shard % SHARDS].try_read()?;
+        Some(
+            shard
+                .range(from..)
+                .take(n)
+                .map(|(_, f)| Arc::clone(f))
+                .collect(),
+        )
     }
 
     /// Number of cached folios.
     pub fn nr_folios(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.folios.load(Ordering::Relaxed) as usize
     }
 
     /// Removes a locked folio from the index; its dirty data is discarded.
@@ -355,6 +373,7 @@ impl Mapping {
         let mut shard = self.shard(guard.pos()).write();
         if shard.remove(&guard.pos()).is_some() {
             self.cache.gauges().removed(guard.size() as u64);
+            self.folios.fetch_sub(1, Ordering::Relaxed);
         }
         self.untag_removed(guard);
         drop(shard);
@@ -561,6 +580,7 @@ impl Mapping {
         }
         if shard.remove(&guard.pos()).is_some() {
             self.cache.gauges().removed(guard.size() as u64);
+            self.folios.fetch_sub(1, Ordering::Relaxed);
         }
         self.untag_removed(&guard);
         drop(shard);

@@ -140,22 +140,25 @@ fn uptodate_bytes_from(folio: &Folio, off: usize) -> usize {
 fn fill(mapping: &Mapping, ops: &dyn IomapOps, pos: u64, len: u64) -> Result<Option<FolioPin>> {
     // An error mapping some later part of a readahead window does not fail this read: only
     // the block at `pos` has to be read.
-    let started = {
+    // The folio holding `pos` is pinned while it is still locked for its read, so that no
+    // reclaim can take it between the read's end and the copy.
+    let (pinned, started) = {
         let _invalidate = mapping.invalidate_lock().read();
         match mapping.find_folio(pos) {
-            None => readahead_locked(mapping, ops, pos, len, None),
+            None => readahead_locked(mapping, ops, pos, len, None, Some(pos)),
             Some(folio) => {
                 let guard = folio.lock();
                 let off = (pos - guard.pos()) as usize;
                 if !guard.is_detached() && !guard.range_uptodate(off, 1) {
-                    read_folios(mapping, ops, vec![guard])
+                    let pin = guard.pin();
+                    (Some(pin), read_folios(mapping, ops, vec![guard]))
                 } else {
-                    Ok(())
+                    (None, Ok(()))
                 }
             }
         }
     };
-    let Some(folio) = mapping.find_pinned(pos) else {
+    let Some(folio) = pinned.or_else(|| mapping.find_pinned(pos)) else {
         return started.map(|()| None); // removed meanwhile: the caller looks again
     };
     folio.wait_unlocked();
@@ -196,15 +199,35 @@ pub(crate) fn readahead_marked(
     mark: Option<u64>,
 ) -> Result<()> {
     let _invalidate = mapping.invalidate_lock().read();
-    readahead_locked(mapping, ops, pos, len, mark)
+    readahead_locked(mapping, ops, pos, len, mark, None).1
 }
 
+/// Reads ahead as [`readahead_marked`] does with the invalidate lock held; a new folio
+/// holding `pin_at` is pinned before its read is submitted, and the pin returned.
 fn readahead_locked(
     mapping: &Mapping,
     ops: &dyn IomapOps,
     pos: u64,
     len: u64,
     mark: Option<u64>,
+    pin_at: Option<u64>,
+) -> (Option<FolioPin>, Result<()>) {
+    let mut pin = None;
+    let res = readahead_runs(mapping, ops, pos, len, mark, |guard| {
+        if pin_at.is_some_and(|p| guard.pos() <= p && p < guard.end()) {
+            pin = Some(guard.pin());
+        }
+    });
+    (pin, res)
+}
+
+fn readahead_runs(
+    mapping: &Mapping,
+    ops: &dyn IomapOps,
+    pos: u64,
+    len: u64,
+    mark: Option<u64>,
+    mut added: impl FnMut(&FolioGuard),
 ) -> Result<()> {
     let end = pos.saturating_add(len).min(mapping.size());
     let mark = mark.filter(|&m| m < end);
@@ -226,6 +249,7 @@ fn readahead_locked(
                 if holds_mark(&guard) {
                     guard.set_readahead();
                 }
+                added(&guard);
                 p = guard.end();
                 run.push(guard);
             }

@@ -216,6 +216,9 @@ fn write_iter(
         let bytes = bytes.min(guard.end() - pos) as usize;
         let off = (pos - guard.pos()) as usize;
         let copied = copy_from_source(&guard, off, bytes, src, src_error);
+        // Only newly dirtied folios are charged to the writer, as the kernel counts newly
+        // dirtied pages: overwriting dirty data adds none.
+        let was_dirty = guard.is_dirty();
         let written = write_end(mapping, it, &guard, pos, bytes, copied);
         if written < copied {
             src.unread(&guard.data().read()[off + written..off + copied]);
@@ -223,9 +226,11 @@ fn write_iter(
         if written > 0 && mapping.grow_size(pos + written as u64) {
             it.mark_size_changed();
         }
+        let newly_dirty = !was_dirty && guard.is_dirty();
+        let folio_size = guard.size() as u64;
         drop(guard);
-        if written > 0 {
-            mapping.cache().balance_dirty(written as u64);
+        if newly_dirty {
+            mapping.cache().balance_dirty(folio_size);
         }
         if copied < bytes && (copied == 0 || src_error.is_some()) && written == copied {
             // The source is dry or failed: end the write here rather than ask the filesystem

@@ -13,7 +13,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use iomap::iomap_dev::{
-    BlockDevice, BlockDeviceExt, DevAddr, FaultDevice, FaultRule, MemDevice, Op,
+    BlockDevice, BlockDeviceExt, CrashDevice, CrashEvent, DevAddr, FaultDevice, FaultRule,
+    MemDevice, Op,
 };
 use iomap::{
     buffered_read, buffered_write, buffered_write_uncached, CacheConfig, LinearMap, Mapping,
@@ -153,9 +154,8 @@ fn reading_four_times_the_budget_keeps_the_cache_within_it_and_the_hot_file_cach
     );
 }
 
-/// Readers of several files under a budget far smaller than what they read: each read's
-/// folios are pinned until copied, so reclaim by other readers' allocations cannot take them
-/// first and every read completes with the right bytes.
+/// Readers of several files under a budget far smaller than what they read, each read's
+/// allocations reclaiming the others' folios: every read completes with the right bytes.
 #[test]
 fn readers_under_a_tiny_budget_all_complete() {
     let budget = MIB;
@@ -249,13 +249,16 @@ fn throttled_writers_on_several_threads_all_make_progress_within_the_limit() {
 fn the_flusher_writes_back_expired_data_oldest_file_first_and_leaves_young_data() {
     let mut limits = MemoryLimits::with_budget(64 * MIB);
     limits.dirty_expire = Duration::from_secs(3600);
-    let files = Files::mem(2, MIB, limits);
+    let dev = Arc::new(CrashDevice::new(MemDevice::new(3 * MIB)).unwrap());
+    let files = Files::new(dev.clone(), 3, MIB, limits);
     files.cache.start_flusher().unwrap();
+    // Dirtied in the order 2, 0 (files are registered, and held, in the order 0, 1, 2).
+    files.write(2, 0, &chunk(2, 0, 256 << 10));
     files.write(0, 0, &chunk(0, 0, 256 << 10));
-    files.write(1, 0, &chunk(1, 0, 256 << 10));
-    let first = files.files[0].0.dirtied_when().unwrap();
-    let second = files.files[1].0.dirtied_when().unwrap();
+    let first = files.files[2].0.dirtied_when().unwrap();
+    let second = files.files[0].0.dirtied_when().unwrap();
     assert!(first <= second);
+    assert_eq!(files.files[1].0.dirtied_when(), None);
     // Young data under the background threshold stays dirty through a pass.
     assert!(files.cache.flush_pass());
     assert_eq!(files.cache.usage().dirty_bytes, 512 << 10);
@@ -274,9 +277,87 @@ fn the_flusher_writes_back_expired_data_oldest_file_first_and_leaves_young_data(
     let s = files.cache.stats().snapshot();
     assert_eq!(s.expired_writebacks, 2);
     assert_eq!(s.dev_write_bytes, 512 << 10);
+    let order: Vec<u64> = dev
+        .event_log()
+        .into_iter()
+        .filter_map(|e| match e {
+            CrashEvent::WriteSubmitted { addr, .. } => Some(addr.0 / MIB),
+            _ => None,
+        })
+        .collect();
+    assert!(!order.is_empty());
+    assert!(
+        order.windows(2).all(|w| w[0] >= w[1]) && order[0] == 2,
+        "written back in file order {order:?}, not oldest first"
+    );
     let mut buf = vec![0u8; 256 << 10];
     files.dev.read_at(DevAddr(0), &mut buf).unwrap();
     assert!(buf == chunk(0, 0, buf.len()));
+}
+
+#[test]
+fn a_file_still_dirty_after_writeback_waits_a_whole_expiry_again() {
+    let mut limits = MemoryLimits::with_budget(64 * MIB);
+    limits.dirty_expire = Duration::from_secs(3600);
+    let files = Files::mem(1, MIB, limits);
+    files.cache.start_flusher().unwrap();
+    files.write(0, 0, &chunk(0, 0, 64 << 10));
+    let dirtied = files.files[0].0.dirtied_when().unwrap();
+    // More dirty data while it is young, then it all expires and is written back.
+    files.write(0, 128 << 10, &chunk(0, 128 << 10, 64 << 10));
+    assert_eq!(files.files[0].0.dirtied_when(), Some(dirtied));
+    limits.dirty_expire = Duration::ZERO;
+    files.cache.set_limits(limits).unwrap();
+    assert!(files.cache.flush_pass());
+    files.files[0].0.wait_writeback_range(0, u64::MAX);
+    assert_eq!(
+        files.files[0].0.dirtied_when(),
+        None,
+        "clean once written back"
+    );
+}
+
+/// A folio a reader has filled but not yet copied from is pinned: reclaim passes it over, and
+/// takes it once the pin is gone.
+#[test]
+fn reclaim_passes_over_a_pinned_folio() {
+    let files = Files::mem(1, MIB, MemoryLimits::default());
+    let mut buf = vec![0u8; 64 << 10];
+    files.read(0, 0, &mut buf);
+    let (m, _) = &files.files[0];
+    let before = m.nr_folios();
+    assert!(before > 0);
+    let pin = m.find_pinned(0).unwrap();
+    let folio = Arc::clone(&pin);
+    files.cache.reclaim(u64::MAX);
+    assert_eq!(m.nr_folios(), 1, "only the pinned folio stays");
+    assert!(!folio.is_detached());
+    drop(pin);
+    files.cache.reclaim(u64::MAX);
+    assert_eq!(m.nr_folios(), 0);
+    assert!(folio.is_detached());
+}
+
+/// Dirty data no flusher can write (a mapping without writeback ops) over the hard limit:
+/// the writer waits one pause for writeback that never comes, then goes on, rather than
+/// waiting forever.
+#[test]
+fn a_writer_over_the_limit_with_nothing_to_write_back_is_not_stopped_for_good() {
+    let cache = PageCache::new(CacheConfig::default()).unwrap();
+    cache
+        .set_limits(MemoryLimits::with_budget(8 * MIB))
+        .unwrap(); // dirty limit 1.6 MiB
+    cache.start_flusher().unwrap();
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 * MIB));
+    let map = LinearMap::new(DevAddr(0), 8 * MIB);
+    let m = Mapping::new(Arc::clone(&cache), dev, 4096).unwrap();
+    m.set_size(8 * MIB);
+    let data = chunk(0, 0, 4 * MIB as usize);
+    let n = buffered_write(&m, &map, 0, data.len() as u64, &mut SliceSource::new(&data)).unwrap();
+    assert_eq!(n, data.len() as u64);
+    let s = cache.stats().snapshot();
+    assert!(s.throttled_writes > 0, "the writer was never held: {s:?}");
+    assert_eq!(cache.usage().dirty_bytes, 4 * MIB);
 }
 
 #[test]

@@ -206,8 +206,8 @@ impl Folio {
     }
 
     /// Pins the folio against eviction until the pin is dropped. The mapping pins only with
-    /// the folio's index shard held, so eviction, which checks with it held exclusive, never
-    /// misses a pin.
+    /// the folio's index shard held or the folio locked, so eviction, which checks with both
+    /// held, never misses a pin.
     pub(crate) fn pin(self: &Arc<Self>) -> FolioPin {
         self.pins.fetch_add(1, Ordering::AcqRel);
         FolioPin(Arc::clone(self))
@@ -588,8 +588,9 @@ impl fmt::Debug for Folio {
     }
 }
 
-/// A reader's pin on a folio (see [`Folio::pin`]); dropping it unpins.
-pub(crate) struct FolioPin(Arc<Folio>);
+/// A reader's pin on a folio: reclaim leaves the folio in the cache while it lives; dropping
+/// it unpins. Taken by [`crate::Mapping::find_pinned`].
+pub struct FolioPin(Arc<Folio>);
 
 impl Deref for FolioPin {
     type Target = Arc<Folio>;
@@ -636,6 +637,11 @@ impl FolioGuard {
             Some(folio) => folio,
             None => unreachable!("a guard is not used after into_io"),
         }
+    }
+
+    /// Pins the locked folio against eviction (see [`Folio::pin`]).
+    pub(crate) fn pin(&self) -> FolioPin {
+        Folio::pin(self)
     }
 
     /// Copies `src` into the folio at `off`.

@@ -278,15 +278,22 @@ impl DirtyThrottle {
             .add(start.elapsed().as_micros() as u64);
     }
 
-    /// Waits at the hard limit until `under()` says dirty data is below it, the flusher
-    /// stops, or the limits change; `kick` is called to wake the flusher each time round.
+    /// Waits at the hard limit until dirty data (from `gauges()`) is below it, the flusher
+    /// stops, or the limit is raised; `kick` wakes the flusher each time round. A writer also
+    /// goes on when a whole pause passes with no writeback in flight: the dirty data is then
+    /// data the flusher cannot write (a mapping without writeback ops), and waiting longer
+    /// would wait forever.
     pub(crate) fn wait_below(
         &self,
         stats: &CacheStats,
-        mut under: impl FnMut() -> bool,
+        gauges: impl Fn() -> GaugeSnapshot,
         kick: impl Fn(),
     ) {
         let start = Instant::now();
+        let under = || {
+            let g = gauges();
+            g.dirty_bytes + g.writeback_bytes < self.dirty.load(Ordering::Relaxed)
+        };
         self.waiters.fetch_add(1, Ordering::AcqRel);
         loop {
             kick();
@@ -295,9 +302,9 @@ impl DirtyThrottle {
             if under() || !self.flusher_running() {
                 break;
             }
-            self.progress.wait_for(&mut g, MAX_PAUSE);
+            let timed_out = self.progress.wait_for(&mut g, MAX_PAUSE).timed_out();
             drop(g);
-            if under() {
+            if under() || (timed_out && gauges().writeback_bytes == 0) {
                 break;
             }
         }

@@ -33,6 +33,9 @@ struct State {
     passes: u64,
     /// A pass is running.
     running: bool,
+    /// The thread is running (kept here so that nothing takes the thread lock with this
+    /// one held).
+    started: bool,
 }
 
 /// The flusher's thread and how to wake it.
@@ -51,15 +54,26 @@ impl FlusherHandle {
         if thread.is_some() {
             return Ok(());
         }
-        self.state.lock().stop = false;
+        {
+            let mut st = self.state.lock();
+            st.stop = false;
+            st.started = true;
+        }
         let weak: Weak<PageCache> = Arc::downgrade(cache);
         let me = Arc::clone(self);
-        *thread = Some(
-            std::thread::Builder::new()
-                .name("iomap-flusher".into())
-                .spawn(move || me.run(&weak))?,
-        );
-        Ok(())
+        let spawned = std::thread::Builder::new()
+            .name("iomap-flusher".into())
+            .spawn(move || me.run(&weak));
+        match spawned {
+            Ok(t) => {
+                *thread = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                self.state.lock().started = false;
+                Err(e)
+            }
+        }
     }
 
     /// Asks for a pass now.
@@ -75,7 +89,7 @@ impl FlusherHandle {
     /// when no flusher runs.
     pub(crate) fn pass_and_wait(&self) -> bool {
         let mut st = self.state.lock();
-        if st.stop || self.thread.lock().is_none() {
+        if st.stop || !st.started {
             return false;
         }
         // A pass running now may have looked already: wait for the one after it.
@@ -105,6 +119,10 @@ impl FlusherHandle {
     }
 
     fn run(&self, cache: &Weak<PageCache>) {
+        let _ended = Ended {
+            handle: self,
+            cache,
+        };
         loop {
             let interval = match cache.upgrade() {
                 Some(c) => c.limits().writeback_interval,
@@ -130,11 +148,25 @@ impl FlusherHandle {
             st.passes += 1;
             self.done.notify_all();
         }
-        let mut st = self.state.lock();
+    }
+}
+
+/// Marks the flusher ended however its thread ends (a panicking filesystem callback
+/// included), so that no writer waits for it and no pass is waited for.
+struct Ended<'a> {
+    handle: &'a FlusherHandle,
+    cache: &'a Weak<PageCache>,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut st = self.handle.state.lock();
         st.stop = true;
-        self.done.notify_all();
+        st.started = false;
+        st.running = false;
+        self.handle.done.notify_all();
         drop(st);
-        if let Some(c) = cache.upgrade() {
+        if let Some(c) = self.cache.upgrade() {
             c.throttle().set_flusher(false);
         }
     }
@@ -171,6 +203,9 @@ fn pass(cache: &PageCache) {
         if let Err(e) = writepages(m, ops, &mut WritebackControl::background(u64::MAX)) {
             debug!("background writeback failed: {e}");
         }
+        // Dirtied again while it was written back: it waits a whole expiry from now, as the
+        // kernel's redirty_tail does, rather than being written on every pass.
+        m.redirtied_now();
     }
     // Then a slice of each file in turn while over the threshold.
     while over(cache) {

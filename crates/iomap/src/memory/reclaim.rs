@@ -81,8 +81,10 @@ impl Reclaimer {
             .collect()
     }
 
-    /// Evicts about `want_bytes` of clean folios, looking at no more than about `max_scan`
-    /// folios per round; returns the bytes evicted.
+    /// Evicts about `want_bytes` of clean folios from a cache of `folios` folios, looking at
+    /// no more than about `max_scan` folios (or empty shards) per round; returns the bytes
+    /// evicted. With `wait` false, returns 0 at once when another thread is reclaiming (it
+    /// is freeing memory already).
     ///
     /// Rounds one and two each go once round the clock (or `max_scan` folios): unreferenced
     /// inactive folios are evicted and referenced ones lose the bit, so round two evicts what
@@ -90,14 +92,23 @@ impl Reclaimer {
     /// half the surplus is deactivated in a third round, which evicts as it goes; if even that
     /// falls short (the cache is mostly a working set), as many active bytes as are still
     /// wanted are deactivated in a last round. Protection is taken only as needed.
-    pub fn reclaim(&self, want_bytes: u64, max_scan: u64) -> u64 {
-        let mappings = self.live();
-        if mappings.is_empty() || want_bytes == 0 {
+    pub fn reclaim(&self, want_bytes: u64, folios: u64, max_scan: u64, wait: bool) -> u64 {
+        if want_bytes == 0 {
             return 0;
         }
-        let folios: u64 = mappings.iter().map(|(_, m)| m.nr_folios() as u64).sum();
+        let mut hand = if wait {
+            self.hand.lock()
+        } else {
+            match self.hand.try_lock() {
+                Some(h) => h,
+                None => return 0,
+            }
+        };
+        let mappings = self.live();
+        if mappings.is_empty() {
+            return 0;
+        }
         let turn = folios.min(max_scan).max(1);
-        let mut hand = self.hand.lock();
         let mut freed = 0;
         let (mut active, mut inactive, mut seen) = (0u64, 0u64, 0u64);
         for round in 0..4 {
@@ -140,9 +151,11 @@ fn sweep(
     mut active: Active,
 ) -> Sweep {
     let mut s = Sweep::default();
-    // Empty shards passed since the last folio: a whole turn of them means the cache holds
-    // nothing more to look at.
+    // Empty or busy shards passed since the last folio: a whole turn of them means there is
+    // nothing more to look at now. They are limited like folios (but a mapping's shards can
+    // always be passed); mappings with nothing cached are passed over without a look.
     let mut empty = 0usize;
+    let mut skipped = 0u64;
     let all_shards = mappings.len() * SHARDS;
     let mut i = mappings
         .iter()
@@ -155,11 +168,27 @@ fn sweep(
             pos: 0,
         };
     }
-    while s.freed < want && s.visited < limit && empty <= all_shards {
+    // A turn over a few folios still passes every shard of a mapping.
+    let skip_limit = limit.max(SHARDS as u64);
+    while s.freed < want && s.visited < limit && skipped <= skip_limit && empty <= all_shards {
         let mapping = &mappings[i].1;
-        let batch = mapping.shard_batch(hand.shard, hand.pos, BATCH);
+        if mapping.nr_folios() == 0 {
+            // Nothing cached: on to the next mapping at no cost.
+            empty += SHARDS;
+            i = (i + 1) % mappings.len();
+            *hand = Hand {
+                mapping: mappings[i].0,
+                shard: 0,
+                pos: 0,
+            };
+            continue;
+        }
+        let batch = mapping
+            .shard_batch(hand.shard, hand.pos, BATCH)
+            .unwrap_or_default();
         if batch.is_empty() {
             empty += 1;
+            skipped += 1;
             hand.shard += 1;
             hand.pos = 0;
             if hand.shard == SHARDS {
