@@ -32,6 +32,83 @@ const MMAP_MIN: usize = 64 << 10;
 /// reads of it.
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Buffers of a power-of-two length from [`IO_BUF_ALIGN`] up to (not including) [`MMAP_MIN`]
+/// come from slabs: 2 MiB anonymous mappings cut into slots of one length. An aligned heap
+/// allocation of 4 KiB costs the heap a second 4 KiB to align it, doubling the memory of a
+/// cache of small folios; a slot costs nothing beside its bytes. A freed slot's pages are
+/// given back to the kernel (`MADV_DONTNEED`), so a slot is zero again when next used and
+/// freed buffers do not stay resident; the mappings themselves are kept for reuse.
+const SLAB_BYTES: usize = 2 << 20;
+
+/// One slab length class: free slot addresses.
+struct SlabClass {
+    free: parking_lot::Mutex<Vec<usize>>,
+}
+
+/// Slab classes for 4, 8, 16 and 32 KiB.
+static SLABS: [SlabClass; 4] = [
+    SlabClass::new(),
+    SlabClass::new(),
+    SlabClass::new(),
+    SlabClass::new(),
+];
+
+impl SlabClass {
+    const fn new() -> Self {
+        Self {
+            free: parking_lot::const_mutex(Vec::new()),
+        }
+    }
+
+    /// The class for buffers of `len` bytes, if they come from slabs.
+    fn of(len: usize) -> Option<&'static SlabClass> {
+        if !len.is_power_of_two() || !(IO_BUF_ALIGN..MMAP_MIN).contains(&len) {
+            return None;
+        }
+        SLABS.get((len / IO_BUF_ALIGN).trailing_zeros() as usize)
+    }
+
+    /// A zeroed slot of `len` bytes.
+    fn alloc(&self, len: usize) -> NonNull<u8> {
+        let mut free = self.free.lock();
+        if free.is_empty() {
+            // SAFETY: a private anonymous mapping at an address of the kernel's choosing
+            // aliases nothing; failure is checked below.
+            let raw = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    SLAB_BYTES,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if raw == libc::MAP_FAILED {
+                alloc::handle_alloc_error(IoBuf::layout(SLAB_BYTES))
+            }
+            let base = raw as usize;
+            // Handed out from the start of the mapping.
+            free.extend((0..SLAB_BYTES / len).rev().map(|i| base + i * len));
+        }
+        let addr = free.pop().unwrap_or_default();
+        NonNull::new(addr as *mut u8)
+            .unwrap_or_else(|| alloc::handle_alloc_error(IoBuf::layout(len)))
+    }
+
+    /// Takes back the slot at `ptr`, `len` bytes, whose pages go back to the kernel.
+    ///
+    /// # Safety
+    /// `ptr` came from [`Self::alloc`] of this class with `len`, and nothing uses it after.
+    unsafe fn free(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: the slot is page-aligned, `len` long, inside a live slab mapping and unused
+        // (the caller's contract); dropping its pages makes it read as zeroes when next used.
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+        debug_assert_eq!(rc, 0, "MADV_DONTNEED of a slab slot failed");
+        self.free.lock().push(ptr.as_ptr() as usize);
+    }
+}
+
 /// A zero-initialised, [`IO_BUF_ALIGN`]-aligned buffer of fixed length.
 pub struct IoBuf {
     ptr: NonNull<u8>,
@@ -54,6 +131,12 @@ impl IoBuf {
             return Self {
                 ptr: NonNull::dangling(),
                 len: 0,
+            };
+        }
+        if let Some(class) = SlabClass::of(len) {
+            return Self {
+                ptr: class.alloc(len),
+                len,
             };
         }
         if len >= MMAP_MIN {
@@ -137,7 +220,11 @@ impl DerefMut for IoBuf {
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
-        if self.len >= MMAP_MIN {
+        if let Some(class) = SlabClass::of(self.len) {
+            // SAFETY: buffers of this length come from this class (see `zeroed`), and no
+            // borrow of the bytes outlives `self`.
+            unsafe { class.free(self.ptr, self.len) }
+        } else if self.len >= MMAP_MIN {
             // SAFETY: mapped in `zeroed` with exactly this length and not unmapped since; no
             // borrow of the bytes outlives `self`.
             let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
@@ -212,6 +299,33 @@ mod tests {
             if len >= HUGE_PAGE {
                 assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0, "huge-page aligned");
             }
+        }
+    }
+
+    #[test]
+    fn small_buffers_come_from_slabs_and_are_zero_when_reused() {
+        for len in [4096, 8192, 16384, 32768] {
+            // Slots of one slab are adjacent: no alignment padding between them.
+            let a = IoBuf::zeroed(len);
+            let b = IoBuf::zeroed(len);
+            assert_eq!(a.as_ptr() as usize % IO_BUF_ALIGN, 0);
+            assert_eq!(
+                (b.as_ptr() as usize).abs_diff(a.as_ptr() as usize) % len,
+                0,
+                "slots of {len} bytes"
+            );
+            let mut c = IoBuf::zeroed(len);
+            c.fill(0xa5);
+            let addr = c.as_ptr() as usize;
+            drop(c);
+            // The slot freed last is handed out next (other tests may race for it: look a few
+            // times).
+            let again: Vec<IoBuf> = (0..64).map(|_| IoBuf::zeroed(len)).collect();
+            assert!(again.iter().all(|buf| buf.iter().all(|&x| x == 0)));
+            assert!(
+                again.iter().any(|buf| buf.as_ptr() as usize == addr),
+                "the freed slot of {len} bytes was not reused"
+            );
         }
     }
 
