@@ -103,7 +103,8 @@ impl PageCache {
         self.reclaimer.register(mapping);
     }
 
-    /// Bounds the free folio buffers kept for reuse (64 MiB by default).
+    /// Bounds the free folio buffers kept for reuse (64 MiB by default; the budget once one
+    /// is set with [`Self::set_limits`], which covers them).
     pub fn set_pool_max_bytes(&self, bytes: u64) {
         self.pool.set_max_bytes(bytes);
     }
@@ -146,6 +147,9 @@ impl PageCache {
         limits.check()?;
         self.throttle.set_limits(limits);
         if limits.budget_bytes != u64::MAX {
+            // The budget covers pooled buffers too (see `after_add`): the pool may keep as
+            // many as fit in it.
+            self.pool.set_max_bytes(limits.budget_bytes);
             self.flusher.kick();
         }
         Ok(())
@@ -198,35 +202,47 @@ impl PageCache {
         sync_mappings(files.iter().map(|(m, ops)| (m, ops)))
     }
 
-    /// Keeps the cache within its budget after a folio was added: when it is over, evicts the
-    /// excess and a little more, looking at a bounded number of folios. Called with no shard
-    /// lock held; the new folio is locked, so it is not a candidate.
+    /// Keeps the cache within its budget after a folio was added. The budget covers folio
+    /// buffers in use and free ones the pool keeps for reuse. When the two together pass it,
+    /// clean folios are evicted until those in use are a reserve below the budget (their
+    /// buffers go to the pool, so the next folios reuse them instead of faulting in fresh
+    /// memory), and pooled buffers past what then fits are freed. Looks at a bounded number
+    /// of folios. Called with no shard lock held; the new folio is locked, so it is not a
+    /// candidate.
     pub(crate) fn after_add(&self) {
         let budget = self.throttle.budget();
         if budget == u64::MAX {
             return;
         }
         let g = self.gauges.snapshot();
-        if g.cached_bytes <= budget {
+        if g.cached_bytes + self.pool.stats().held_bytes <= budget {
             return;
         }
-        // Dirty and in-flight data is not reclaimable: when it is what fills the cache, a
-        // scan finds nothing, and writeback is what has to happen.
-        let clean = g
-            .cached_bytes
-            .saturating_sub(g.dirty_bytes + g.writeback_bytes);
-        let want = (g.cached_bytes - budget + (budget / 64).min(4 << 20)).min(clean);
-        if want == 0 {
-            self.flusher.kick();
-            return;
+        // A 64th of the budget, at least 1 MiB (or an eighth of a small budget), at most 4 MiB.
+        let reserve = (budget / 64).clamp((budget / 8).min(1 << 20), 4 << 20);
+        let target = budget - reserve;
+        if g.cached_bytes > target {
+            // Dirty and in-flight data is not reclaimable: when it is what fills the cache, a
+            // scan finds nothing, and writeback is what has to happen.
+            let clean = g
+                .cached_bytes
+                .saturating_sub(g.dirty_bytes + g.writeback_bytes);
+            let want = (g.cached_bytes - target).min(clean);
+            let freed = if want == 0 {
+                0
+            } else {
+                self.stats.direct_reclaims.add(1);
+                let page = self.config.page_size as u64;
+                // Another thread reclaiming is freeing memory already: no need to queue
+                // behind it.
+                self.reclaim_scanning(want, 4 * want.div_ceil(page) + 64, false)
+            };
+            if freed < want || want == 0 {
+                self.flusher.kick();
+            }
         }
-        self.stats.direct_reclaims.add(1);
-        let page = self.config.page_size as u64;
-        // Another thread reclaiming is freeing memory already: no need to queue behind it.
-        let freed = self.reclaim_scanning(want, 4 * want.div_ceil(page) + 64, false);
-        if freed < want {
-            self.flusher.kick();
-        }
+        let cached = self.gauges.snapshot().cached_bytes;
+        self.pool.shrink_to(budget.saturating_sub(cached));
     }
 
     /// The dirty throttle, the kernel's `balance_dirty_pages`: called by writers after

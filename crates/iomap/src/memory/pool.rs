@@ -14,9 +14,24 @@ use parking_lot::Mutex;
 /// The default bound on pooled bytes when no budget sets one.
 pub const DEFAULT_POOL_BYTES: u64 = 64 << 20;
 
+/// Free buffers of one size, and when that size was last asked for.
+#[derive(Default)]
+struct Class {
+    bufs: Vec<IoBuf>,
+    last_wanted: u64,
+}
+
+/// The pool's lists by buffer size.
+#[derive(Default)]
+struct Free {
+    classes: BTreeMap<usize, Class>,
+    /// Counts `take`s: the clock `last_wanted` is read on.
+    tick: u64,
+}
+
 /// Free folio buffers by size.
 pub struct BufPool {
-    free: Mutex<BTreeMap<usize, Vec<IoBuf>>>,
+    free: Mutex<Free>,
     held_bytes: AtomicU64,
     max_bytes: AtomicU64,
     reused: AtomicU64,
@@ -27,7 +42,7 @@ pub struct BufPool {
 impl Default for BufPool {
     fn default() -> Self {
         Self {
-            free: Mutex::new(BTreeMap::new()),
+            free: Mutex::new(Free::default()),
             held_bytes: AtomicU64::new(0),
             max_bytes: AtomicU64::new(DEFAULT_POOL_BYTES),
             reused: AtomicU64::new(0),
@@ -55,7 +70,14 @@ impl BufPool {
     /// fresh, zeroed one.
     pub fn take(&self, size: usize) -> IoBuf {
         self.live_bytes.fetch_add(size as u64, Ordering::Relaxed);
-        let pooled = self.free.lock().get_mut(&size).and_then(Vec::pop);
+        let pooled = {
+            let mut free = self.free.lock();
+            free.tick += 1;
+            let tick = free.tick;
+            let class = free.classes.entry(size).or_default();
+            class.last_wanted = tick;
+            class.bufs.pop()
+        };
         match pooled {
             Some(buf) => {
                 self.held_bytes.fetch_sub(size as u64, Ordering::Relaxed);
@@ -84,27 +106,48 @@ impl BufPool {
             self.held_bytes.fetch_sub(len, Ordering::Relaxed);
             return;
         }
-        self.free.lock().entry(buf.len()).or_default().push(buf);
+        self.free
+            .lock()
+            .classes
+            .entry(buf.len())
+            .or_default()
+            .bufs
+            .push(buf);
     }
 
     /// Bounds the bytes held; buffers past a lowered bound are freed now.
     pub fn set_max_bytes(&self, max: u64) {
         self.max_bytes.store(max, Ordering::Relaxed);
+        self.shrink_to(max);
+    }
+
+    /// Frees held buffers until no more than `max` bytes are held (the bound stays): those of
+    /// the size asked for least recently first, so that the sizes folios are being made in
+    /// stay (folio sizes follow the I/O, and a pool of the wrong sizes saves nothing).
+    pub(crate) fn shrink_to(&self, max: u64) {
+        if self.held_bytes.load(Ordering::Relaxed) <= max {
+            return;
+        }
+        let mut freed = Vec::new();
         let mut free = self.free.lock();
         while self.held_bytes.load(Ordering::Relaxed) > max {
-            let Some(mut e) = free.last_entry() else {
+            let Some(class) = free
+                .classes
+                .values_mut()
+                .filter(|c| !c.bufs.is_empty())
+                .min_by_key(|c| c.last_wanted)
+            else {
                 break;
             };
-            match e.get_mut().pop() {
-                Some(buf) => {
-                    self.held_bytes
-                        .fetch_sub(buf.len() as u64, Ordering::Relaxed);
-                }
-                None => {
-                    e.remove();
-                }
+            if let Some(buf) = class.bufs.pop() {
+                self.held_bytes
+                    .fetch_sub(buf.len() as u64, Ordering::Relaxed);
+                freed.push(buf);
             }
         }
+        drop(free);
+        // Unmapped with the lock let go.
+        drop(freed);
     }
 
     /// What the pool has done and holds.

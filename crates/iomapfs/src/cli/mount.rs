@@ -73,8 +73,6 @@ pub fn run(a: MountArgs) -> Result<(), CliError> {
             .min(Duration::from_secs(a.dirty_expire) / 2)
             .max(Duration::from_millis(100)),
     };
-    // Buffers of evicted folios are kept for new ones, up to an eighth of the cache.
-    fs.cache().set_pool_max_bytes(cache / 8);
     fs.cache()
         .set_limits(limits)
         .map_err(|e| CliError::Usage(format!("bad cache limits: {e}")))?;
