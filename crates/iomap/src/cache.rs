@@ -202,20 +202,26 @@ impl PageCache {
         sync_mappings(files.iter().map(|(m, ops)| (m, ops)))
     }
 
-    /// Keeps the cache within its budget after a folio was added. The budget covers folio
-    /// buffers in use and free ones the pool keeps for reuse. When the two together pass it,
-    /// clean folios are evicted until those in use are a reserve below the budget (their
-    /// buffers go to the pool, so the next folios reuse them instead of faulting in fresh
-    /// memory), and pooled buffers past what then fits are freed. Looks at a bounded number
-    /// of folios. Called with no shard lock held; the new folio is locked, so it is not a
-    /// candidate.
+    /// Keeps the cache within its budget after a folio was added. Folio buffers in use stay
+    /// within the budget, and with the free ones the pool keeps for reuse, within a
+    /// sixteenth more. When either is passed, clean folios are evicted until those in use are
+    /// a reserve below the budget (their buffers go to the pool, so the next folios reuse
+    /// them instead of faulting in fresh memory), and pooled buffers past what then fits are
+    /// freed. Looks at a bounded number of folios. Called with no shard lock held; the new
+    /// folio is locked, so it is not a candidate.
     pub(crate) fn after_add(&self) {
         let budget = self.throttle.budget();
         if budget == u64::MAX {
             return;
         }
+        // Room for pooled buffers of other sizes than the next folios want: folio sizes
+        // follow the I/O, and freeing each buffer that does not fit at once would fault in a
+        // fresh one for nearly every folio.
+        let slack = budget / 16;
         let g = self.gauges.snapshot();
-        if g.cached_bytes + self.pool.stats().held_bytes <= budget {
+        if g.cached_bytes <= budget
+            && g.cached_bytes + self.pool.stats().held_bytes <= budget + slack
+        {
             return;
         }
         // A 64th of the budget, at least 1 MiB (or an eighth of a small budget), at most 4 MiB.
@@ -242,7 +248,7 @@ impl PageCache {
             }
         }
         let cached = self.gauges.snapshot().cached_bytes;
-        self.pool.shrink_to(budget.saturating_sub(cached));
+        self.pool.shrink_to((budget + slack).saturating_sub(cached));
     }
 
     /// The dirty throttle, the kernel's `balance_dirty_pages`: called by writers after
