@@ -105,6 +105,10 @@ fn writing_four_times_the_budget_keeps_the_cache_within_it() {
             total <= budget + margin,
             "{total} bytes of folio buffers at {pos}"
         );
+        assert!(
+            p.live_bytes <= budget + (256 << 10),
+            "{p:?} in use at {pos}"
+        );
         peak = peak.max(total);
     }
     assert!(peak > budget / 2, "the budget was never approached: {peak}");
