@@ -20,9 +20,12 @@ use crate::mapping::Mapping;
 use crate::read::{buffered_read, read_stream, readahead, readahead_marked};
 use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
 
-/// The default largest window: 1 MiB, a full device request on most devices here (Linux's
-/// default is 128 KiB, raised to the device's optimal I/O size).
-pub const DEFAULT_MAX_READAHEAD: u64 = 1 << 20;
+/// The default largest window: 4 MiB, four full device requests on most devices here, so a
+/// sequential reader keeps several in flight (Linux's default is 128 KiB, raised to the
+/// device's optimal I/O size). With a window of one request the device waits while the reader
+/// copies: a cold 4 GiB read ran at about 0.6x `O_DIRECT` reads of 1 MiB, against about 1x with
+/// 4 MiB (`cargo bench -p iomap --bench memory`).
+pub const DEFAULT_MAX_READAHEAD: u64 = 4 << 20;
 
 /// What `posix_fadvise` says of the coming access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
