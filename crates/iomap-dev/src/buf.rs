@@ -60,9 +60,14 @@ impl SlabClass {
         }
     }
 
-    /// The class for buffers of `len` bytes, if they come from slabs.
+    /// The class for buffers of `len` bytes, if they come from slabs: only whole pages of
+    /// the system's page size, since a slot's pages are given back on free (with 16 or 64 KiB
+    /// pages a 4 KiB slot would share a page with live neighbours).
     fn of(len: usize) -> Option<&'static SlabClass> {
-        if !len.is_power_of_two() || !(IO_BUF_ALIGN..MMAP_MIN).contains(&len) {
+        if !len.is_power_of_two()
+            || !(IO_BUF_ALIGN..MMAP_MIN).contains(&len)
+            || len < system_page_size()
+        {
             return None;
         }
         SLABS.get((len / IO_BUF_ALIGN).trailing_zeros() as usize)
@@ -87,6 +92,10 @@ impl SlabClass {
             if raw == libc::MAP_FAILED {
                 alloc::handle_alloc_error(IoBuf::layout(SLAB_BYTES))
             }
+            // Small pages only: a huge page would keep freed slots resident (and fault in
+            // 2 MiB on a slot's first touch) where transparent huge pages are always on.
+            // SAFETY: advice on the mapping just made; failure only leaves the default.
+            unsafe { libc::madvise(raw, SLAB_BYTES, libc::MADV_NOHUGEPAGE) };
             let base = raw as usize;
             // Handed out from the start of the mapping.
             free.extend((0..SLAB_BYTES / len).rev().map(|i| base + i * len));
@@ -104,9 +113,23 @@ impl SlabClass {
         // SAFETY: the slot is page-aligned, `len` long, inside a live slab mapping and unused
         // (the caller's contract); dropping its pages makes it read as zeroes when next used.
         let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
-        debug_assert_eq!(rc, 0, "MADV_DONTNEED of a slab slot failed");
+        if rc != 0 {
+            // The slot must read as zero when next handed out.
+            // SAFETY: as above: `len` bytes at `ptr` are ours and unused.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        }
         self.free.lock().push(ptr.as_ptr() as usize);
     }
+}
+
+/// The system's page size.
+fn system_page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(page).unwrap_or(usize::MAX)
+    })
 }
 
 /// A zero-initialised, [`IO_BUF_ALIGN`]-aligned buffer of fixed length.

@@ -13,7 +13,12 @@
 //!    compared with the budget.
 //! 3. **Metadata per cached GiB**: the growth of the resident set while 1 GiB is cached,
 //!    less the folio buffers (the pool's own count), once read sequentially (large folios)
-//!    and once in 4 KiB random reads (one folio per 4 KiB, the worst case).
+//!    and once in 4 KiB random reads (one folio per 4 KiB, the worst case). Run it alone
+//!    (`BENCH_ONLY=meta`): in the same process as the others, heap they freed is reused and
+//!    the figure comes out low.
+//!
+//! The `O_DIRECT` baseline reads one 1 MiB request at a time (what `dd iflag=direct bs=1M`
+//! does); the engine keeps its readahead window in flight.
 //!
 //! Environment: `BENCH_DIR` (default `<workspace>/target/bench-data`), `BENCH_FILE_MB` (default
 //! 4096), `BENCH_BUDGET_MB` (default 256), `BENCH_ROUNDS` (default 3), `BENCH_RA_KB` the
@@ -188,10 +193,10 @@ fn engine_cold_read(path: &Path, size: u64, budget: u64, warm: Option<&Path>) ->
         e.cache.pool_stats().reused,
         e.cache.pool_stats().allocated,
     );
-    let peak = e.cache.usage().cached_bytes;
+    let at_end = e.cache.usage().cached_bytes;
     assert!(
-        peak <= budget + budget / 32 + 4 * MIB,
-        "the cache held {peak} bytes"
+        at_end <= budget + 4 * MIB,
+        "the cache held {at_end} bytes at the end"
     );
     size as f64 / t.as_secs_f64()
 }
@@ -295,22 +300,22 @@ fn write_rss(dir: &Path, budget: u64) {
 fn metadata(path: &Path, size: u64, random: bool) {
     let cached = GIB.min(size);
     let dev = Arc::new(FileDevice::open(path, direct_options()).expect("open"));
+    // Everything the benchmark itself uses is allocated and touched before the baseline.
+    let mut buf = vec![1u8; CHUNK];
+    let mut blocks: Vec<u64> = (0..cached / 4096).collect();
+    let mut rng = SmallRng::seed_from_u64(7);
+    for i in (1..blocks.len()).rev() {
+        blocks.swap(i, rng.gen_range(0..=i));
+    }
+    let ra = RaState::new(DEFAULT_MAX_READAHEAD);
     let base = rss();
     let e = Engine::new(dev, size, MemoryLimits::default());
     e.cache.set_pool_max_bytes(0);
     if random {
-        let mut buf = vec![0u8; 4096];
-        let mut blocks: Vec<u64> = (0..cached / 4096).collect();
-        let mut rng = SmallRng::seed_from_u64(7);
-        for i in (1..blocks.len()).rev() {
-            blocks.swap(i, rng.gen_range(0..=i));
-        }
-        for b in blocks {
-            buffered_read(&e.mapping, &*e.map, b * 4096, &mut buf).expect("read");
+        for &b in &blocks {
+            buffered_read(&e.mapping, &*e.map, b * 4096, &mut buf[..4096]).expect("read");
         }
     } else {
-        let ra = RaState::new(DEFAULT_MAX_READAHEAD);
-        let mut buf = vec![0u8; CHUNK];
         for pos in (0..cached).step_by(CHUNK) {
             buffered_read_ra(&e.mapping, &*e.map, &ra, pos, &mut buf).expect("read");
         }
@@ -357,6 +362,7 @@ fn main() {
         data_file(&warm, budget);
         cold_read(&path, size, budget, rounds, Some(&warm));
         cold_read(&path, size, budget, rounds, None);
+        std::fs::remove_file(&warm).ok();
     }
     println!();
     if runs("write") {

@@ -109,6 +109,11 @@ impl PageCache {
         self.pool.set_max_bytes(bytes);
     }
 
+    /// Frees pooled buffers past `bytes`, the sizes least recently asked for first.
+    pub(crate) fn trim_pool(&self, bytes: u64) {
+        self.pool.shrink_to(bytes);
+    }
+
     pub(crate) fn pool(&self) -> &Arc<BufPool> {
         &self.pool
     }

@@ -250,6 +250,9 @@ impl Mapping {
                 if guard.is_detached() {
                     continue;
                 }
+                // Written through the cache again: kept, whatever an uncached write wanted
+                // (which marks its folios after writing them).
+                guard.clear_dropbehind();
                 return (guard, false);
             }
             let mut map = self.shard(pos).write();

@@ -169,10 +169,13 @@ pub fn buffered_write_uncached(
         .map(|f| f.pos())
         .collect();
     let n = buffered_write(mapping, ops, pos, len, src)?;
-    for f in mapping.folios_in(pos, pos + n) {
-        if !before.contains(&f.pos()) {
-            f.set_dropbehind();
-        }
+    let ours: Vec<_> = mapping
+        .folios_in(pos, pos + n)
+        .into_iter()
+        .filter(|f| !before.contains(&f.pos()))
+        .collect();
+    for f in &ours {
+        f.set_dropbehind();
     }
     let mut wbc = WritebackControl {
         sync_mode: SyncMode::None,
@@ -184,6 +187,13 @@ pub fn buffered_write_uncached(
     // As for any background writeback, an error is recorded for fsync to report; the write
     // itself succeeded.
     let _ = writepages(mapping, wb, &mut wbc);
+    // A folio the flusher wrote back before it was marked ended its writeback without being
+    // dropped: drop it now.
+    for f in &ours {
+        if f.is_dropbehind() && !f.is_dirty() && !f.is_writeback() {
+            mapping.evict(f);
+        }
+    }
     Ok(n)
 }
 
@@ -480,9 +490,16 @@ pub(crate) fn rewrite_in_place(
         let bytes = bytes.min(guard.end() - pos) as usize;
         let off = (pos - guard.pos()) as usize;
         fill(&guard, off, bytes);
+        let was_dirty = guard.is_dirty();
         let done = write_end(mapping, it, &guard, pos, bytes, bytes);
         debug_assert_eq!(done, bytes);
+        let newly_dirty = !was_dirty && guard.is_dirty();
+        let folio_size = guard.size() as u64;
         drop(guard);
+        // Zeroing and unsharing dirty data as writes do, and are throttled alike.
+        if newly_dirty {
+            mapping.cache().balance_dirty(folio_size);
+        }
         it.advance(bytes as u64);
     }
     Ok(())

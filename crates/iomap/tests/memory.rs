@@ -355,7 +355,7 @@ fn reclaim_passes_over_a_pinned_folio() {
 /// the writer waits one pause for writeback that never comes, then goes on, rather than
 /// waiting forever.
 #[test]
-fn a_writer_over_the_limit_with_nothing_to_write_back_is_not_stopped_for_good() {
+fn writers_and_zeroing_over_the_limit_with_nothing_to_write_back_are_not_stopped_for_good() {
     let cache = PageCache::new(CacheConfig::default()).unwrap();
     cache
         .set_limits(MemoryLimits::with_budget(8 * MIB))
@@ -371,6 +371,11 @@ fn a_writer_over_the_limit_with_nothing_to_write_back_is_not_stopped_for_good() 
     let s = cache.stats().snapshot();
     assert!(s.throttled_writes > 0, "the writer was never held: {s:?}");
     assert_eq!(cache.usage().dirty_bytes, 4 * MIB);
+    // Zeroing dirties data as a write does, and is throttled alike.
+    assert!(iomap::zero_range(&m, &map, 4 * MIB, 4 * MIB).unwrap());
+    assert_eq!(cache.usage().dirty_bytes, 8 * MIB);
+    let after = cache.stats().snapshot().throttled_writes;
+    assert!(after > s.throttled_writes, "zeroing was never held");
 }
 
 #[test]

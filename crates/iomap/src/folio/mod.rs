@@ -224,6 +224,13 @@ impl Folio {
         self.flags.fetch_or(DROPBEHIND, Ordering::Relaxed);
     }
 
+    /// No longer to be dropped after writeback.
+    pub(crate) fn clear_dropbehind(&self) {
+        if self.test(DROPBEHIND) {
+            self.flags.fetch_and(!DROPBEHIND, Ordering::Relaxed);
+        }
+    }
+
     /// To be dropped once its writeback ends.
     pub fn is_dropbehind(&self) -> bool {
         self.test(DROPBEHIND)

@@ -52,7 +52,15 @@ impl FlusherHandle {
     pub(crate) fn start(self: &Arc<Self>, cache: &Arc<PageCache>) -> std::io::Result<()> {
         let mut thread = self.thread.lock();
         if thread.is_some() {
-            return Ok(());
+            if self.state.lock().started {
+                return Ok(());
+            }
+            // The thread ended (a filesystem callback panicked): start another.
+            if let Some(t) = thread.take() {
+                if t.join().is_err() {
+                    debug!("the flusher thread had panicked");
+                }
+            }
         }
         {
             let mut st = self.state.lock();
@@ -227,8 +235,14 @@ fn pass(cache: &PageCache) {
     }
     let budget = limits.budget_bytes;
     let cached = cache.usage().cached_bytes;
-    if budget != u64::MAX && cached > budget {
-        // Down to 15/16 of the budget, so allocations find room without reclaiming.
-        cache.reclaim(cached - budget / 16 * 15);
+    if budget != u64::MAX {
+        if cached > budget {
+            // Down to 15/16 of the budget, so allocations find room without reclaiming.
+            cache.reclaim(cached - budget / 16 * 15);
+        }
+        // Free buffers beyond what a busy cache reuses between passes (after files were
+        // truncated or dropped, say) go back to the system rather than wait for the next
+        // allocation over the budget.
+        cache.trim_pool(budget / 8);
     }
 }
