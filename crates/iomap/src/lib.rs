@@ -41,7 +41,7 @@ pub use folio::{BlockBitmap, Folio, FolioGuard, FolioPin, FolioSnapshot, FolioSt
 pub use iomap::{InlineData, Iomap, IomapFlags, IomapKind, IomapOps, IomapPair, IterFlags};
 pub use iter::IomapIter;
 pub use linear::LinearMap;
-pub use mapping::Mapping;
+pub use mapping::{Mapping, ReleaseHook};
 pub use memory::{BufPool, MemoryLimits, PoolStats, Reclaimer, DEFAULT_POOL_BYTES};
 pub use read::{adjust_read_range, buffered_read, read_folio, readahead};
 pub use readahead::{

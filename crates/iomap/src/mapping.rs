@@ -55,7 +55,15 @@ pub struct Mapping {
     invalidate_lock: RwLock<()>,
     /// How the cache's flusher writes this mapping back.
     writeback_ops: OnceLock<Arc<dyn WritebackOps>>,
+    /// The filesystem's say on evicting a clean folio (the kernel's `release_folio`).
+    release: OnceLock<ReleaseHook>,
 }
+
+/// Called with a clean folio locked before reclaim or [`Mapping::release_clean`] evicts it:
+/// false keeps it cached; true lets it go (the filesystem drops what it keeps for the folio;
+/// eviction may still fail after, as a busy folio is skipped). It must not block or call into
+/// the cache.
+pub type ReleaseHook = Arc<dyn Fn(&Folio) -> bool + Send + Sync>;
 
 impl Mapping {
     /// A mapping for a file with `block_size`-byte blocks whose data lives on `dev`.
@@ -99,6 +107,7 @@ impl Mapping {
             sb_errseq: None,
             invalidate_lock: RwLock::new(()),
             writeback_ops: OnceLock::new(),
+            release: OnceLock::new(),
         })
     }
 
@@ -168,6 +177,11 @@ impl Mapping {
     /// ignored and return false).
     pub fn set_writeback_ops(&self, ops: Arc<dyn WritebackOps>) -> bool {
         self.writeback_ops.set(ops).is_ok()
+    }
+
+    /// Sets the filesystem's release hook (once; later calls are ignored and return false).
+    pub fn set_release_hook(&self, hook: ReleaseHook) -> bool {
+        self.release.set(hook).is_ok()
     }
 
     /// The writeback ops the flusher uses, if set.
@@ -569,8 +583,13 @@ impl Mapping {
         let Some(guard) = folio.try_lock() else {
             return false;
         };
-        if guard.is_detached() || guard.is_dirty() || guard.is_writeback() {
+        if guard.is_detached() || guard.is_dirty() || guard.is_writeback() || guard.is_pinned() {
             return false;
+        }
+        if let Some(release) = self.release.get() {
+            if !release(&guard) {
+                return false;
+            }
         }
         // Never wait for the shard here: a reader holding it may be waiting for a folio's data
         // that a writer holds while its source reads through this cache. A busy shard skips

@@ -146,6 +146,7 @@ pub fn buffered_read_ra(
             let granule = mapping.min_folio_size() as u64;
             if let Some(gap) = first_gap(mapping, pos, end) {
                 if sync_window(w, *advice, max, granule, pos, gap, end) {
+                    mapping.cache().stats().readahead_sync.add(1);
                     let mark = (w.start + w.size).saturating_sub(w.async_size);
                     if mark < end {
                         // The read is as large as the window: its marker would be reached
@@ -161,10 +162,15 @@ pub fn buffered_read_ra(
                 }
             } else if let Some((mpos, mend)) = take_marker(mapping, pos, end) {
                 if async_window(mapping, w, max, mpos, mend, end) {
+                    mapping.cache().stats().readahead_async.add(1);
                     plans.push(plan_of(w));
                 }
             }
         }
+    }
+    let stats = mapping.cache().stats();
+    for p in &plans {
+        stats.readahead_bytes.add(p.size);
     }
     // A failed readahead leaves its folios not uptodate: the read below tries them again and
     // reports the error (R5), so it is not reported here.

@@ -170,6 +170,13 @@ cache_stats! {
     reclaimed_bytes,
     /// Reclaims run by a folio allocation over the budget.
     direct_reclaims,
+    /// Readahead windows started by a read that missed the cache.
+    readahead_sync,
+    /// Readahead windows started by a read reaching the readahead marker: readahead that was
+    /// used before it ran out (readahead hits).
+    readahead_async,
+    /// Bytes of the readahead windows started.
+    readahead_bytes,
     /// Flusher passes.
     flusher_passes,
     /// Mappings the flusher wrote back because their dirty data expired.

@@ -452,3 +452,29 @@ fn an_uncached_write_leaves_only_what_was_cached_before_once_written_back() {
     files.read(0, 0, &mut buf);
     assert!(buf == data);
 }
+
+/// The filesystem's release hook is asked before a clean folio is evicted, and a folio it
+/// refuses stays.
+#[test]
+fn reclaim_honours_the_filesystems_release_hook() {
+    let files = Files::mem(1, MIB, MemoryLimits::default());
+    let (m, _) = &files.files[0];
+    let asked = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&asked);
+    // Keeps the folios in the first 256 KiB.
+    assert!(m.set_release_hook(Arc::new(move |f: &iomap::Folio| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        f.pos() >= 256 << 10
+    })));
+    let mut buf = vec![0u8; 64 << 10];
+    for pos in (0..MIB).step_by(buf.len()) {
+        files.read(0, pos, &mut buf);
+    }
+    let before = m.nr_folios();
+    files.cache.reclaim(u64::MAX);
+    assert!(asked.load(Ordering::Relaxed) >= before as u64);
+    let left: Vec<u64> = m.folios_in(0, u64::MAX).iter().map(|f| f.end()).collect();
+    assert!(!left.is_empty(), "the refused folios were evicted");
+    assert!(left.iter().all(|&end| end <= 256 << 10), "{left:?}");
+    assert_eq!(m.release_clean(0, u64::MAX), 0, "release_clean asks too");
+}

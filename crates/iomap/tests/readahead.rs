@@ -338,3 +338,27 @@ fn r5_a_failed_readahead_reaches_the_read_that_needs_it() {
     let bad = fs.mapping.find_folio(256 << 10);
     assert!(bad.is_none_or(|f| !f.range_uptodate((256 << 10) - f.pos() as usize, 4096)));
 }
+
+#[test]
+fn readahead_counts_windows_started_on_a_miss_and_at_the_marker() {
+    let fs = file(8 * MIB);
+    let ra = RaState::new(MIB);
+    let mut buf = vec![0u8; 64 << 10];
+    for pos in (0..8 * MIB).step_by(buf.len()) {
+        buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf).unwrap();
+    }
+    let s = fs.mapping.cache().stats().snapshot();
+    // One window on the first miss; every later one starts at a marker.
+    assert_eq!(s.readahead_sync, 1, "{s:?}");
+    assert!(s.readahead_async >= 7, "{s:?}");
+    let requested: u64 = read_sizes(&fs).iter().sum();
+    assert!(s.readahead_bytes >= requested, "{s:?}");
+    // Random reads start none.
+    let fs = file(8 * MIB);
+    let ra = RaState::new(MIB);
+    for pos in [5 * MIB, MIB, 7 * MIB, 3 * MIB] {
+        buffered_read_ra(&fs.mapping, &fs, &ra, pos, &mut buf[..4096]).unwrap();
+    }
+    let s = fs.mapping.cache().stats().snapshot();
+    assert_eq!((s.readahead_sync, s.readahead_async), (0, 0), "{s:?}");
+}

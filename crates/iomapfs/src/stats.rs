@@ -70,6 +70,9 @@ impl StatsSource {
                 "misses": c.read_misses,
                 "hit_rate": ratio(c.read_hits, c.read_hits + c.read_misses),
                 "bytes": c.bytes_read,
+                "readahead_sync": c.readahead_sync,
+                "readahead_async": c.readahead_async,
+                "readahead_bytes": c.readahead_bytes,
             },
             "writes": { "bytes": c.bytes_written },
             "requests": {

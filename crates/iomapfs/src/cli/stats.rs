@@ -103,6 +103,15 @@ fn render(v: &Value) -> String {
             b("/reads/bytes")
         ),
     );
+    row(
+        "readahead",
+        format!(
+            "{} windows on a miss, {} on reaching the marker, {} read ahead",
+            u(v, "/reads/readahead_sync"),
+            u(v, "/reads/readahead_async"),
+            b("/reads/readahead_bytes")
+        ),
+    );
     row("writes", format!("{} written", b("/writes/bytes")));
     row(
         "device requests",
