@@ -49,7 +49,8 @@ pub struct Folio {
     size: usize,
     block_shift: u32,
     flags: AtomicU32,
-    state: Mutex<Option<FolioState>>,
+    /// Boxed: most folios of a cache of small folios hold one block and never need one.
+    state: Mutex<Option<Box<FolioState>>>,
     data: SharedBuf,
     /// Where the buffer goes back when the folio is gone.
     pool: Weak<BufPool>,
@@ -283,7 +284,7 @@ impl Folio {
         (first, last - first + 1)
     }
 
-    fn state(&self) -> MutexGuard<'_, Option<FolioState>> {
+    fn state(&self) -> MutexGuard<'_, Option<Box<FolioState>>> {
         self.state.lock()
     }
 
@@ -291,19 +292,19 @@ impl Folio {
     /// for a single-block folio.
     fn state_mut<'a>(
         &self,
-        slot: &'a mut MutexGuard<'_, Option<FolioState>>,
+        slot: &'a mut MutexGuard<'_, Option<Box<FolioState>>>,
     ) -> Option<&'a mut FolioState> {
         if self.nblocks() == 1 {
             return None;
         }
         if slot.is_none() {
-            **slot = Some(FolioState::new(
+            **slot = Some(Box::new(FolioState::new(
                 self.nblocks(),
                 self.is_uptodate(),
                 self.is_dirty(),
-            ));
+            )));
         }
-        slot.as_mut()
+        slot.as_deref_mut()
     }
 
     /// Whether every block touching `[off, off + len)` is uptodate.
