@@ -8,7 +8,7 @@
     reason = "a test fails loudly on the first unexpected error"
 )]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -477,4 +477,81 @@ fn reclaim_honours_the_filesystems_release_hook() {
     assert!(!left.is_empty(), "the refused folios were evicted");
     assert!(left.iter().all(|&end| end <= 256 << 10), "{left:?}");
     assert_eq!(m.release_clean(0, u64::MAX), 0, "release_clean asks too");
+}
+
+/// A write source that reads each chunk it hands over from another file through the cache.
+struct ReadingSource<'a> {
+    files: &'a Files,
+    from: usize,
+    pos: u64,
+}
+
+impl iomap::WriteSource for ReadingSource<'_> {
+    /// Many small reads, so the source keeps adding folios (and reclaiming) for a while.
+    fn copy_to(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
+        let len = dst.len().min(64 << 10);
+        for chunk in dst[..len].chunks_mut(4096) {
+            self.files.read(self.from, self.pos, chunk);
+            self.pos = (self.pos + 68 * 1024) % (4 * MIB - 4096);
+        }
+        Ok(len)
+    }
+
+    fn unread(&mut self, _bytes: &[u8]) {}
+}
+
+/// Found in review: direct reclaim waited for index shards. A writer holding a folio's data
+/// lock while its source read another file (whose folios, over the budget, reclaimed) could
+/// queue for a shard behind a thread waiting to add a folio there, which waited for a reader
+/// holding the shard while it waited for the writer's folio. Reclaim now skips busy shards.
+#[test]
+fn regression_direct_reclaim_never_waits_for_a_shard_a_blocked_reader_holds() {
+    let files = Files::mem(2, 4 * MIB, MemoryLimits::with_budget(MIB));
+    let mut buf = vec![0u8; 4096];
+    files.read(0, 0, &mut buf);
+    let stop = AtomicBool::new(false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let (files, stop) = (&files, &stop);
+        // Reads the folio the writer holds, inside the shard's read lock.
+        s.spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                files.read(0, 0, &mut buf);
+            }
+        });
+        // Adds folios to the same shard (the first 256 KiB of file 0), and drops them again.
+        s.spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            let mut pos = 64 << 10;
+            while !stop.load(Ordering::Relaxed) {
+                files.read(0, pos, &mut buf);
+                files.files[0].0.release_clean(64 << 10, 256 << 10);
+                pos = if pos + 4096 >= 256 << 10 {
+                    64 << 10
+                } else {
+                    pos + 4096
+                };
+            }
+        });
+        s.spawn(move || {
+            let (m, map) = &files.files[0];
+            for i in 0..2000u64 {
+                let mut src = ReadingSource {
+                    files,
+                    from: 1,
+                    pos: (i * (64 << 10)) % (4 * MIB),
+                };
+                buffered_write(m, &**map, 0, 64 << 10, &mut src).unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            done_tx.send(()).unwrap();
+        });
+        // A watchdog, not a race: a deadlock never finishes.
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            eprintln!("deadlocked: the writer did not finish");
+            std::process::abort();
+        }
+    });
+    assert!(files.cache.stats().snapshot().direct_reclaims > 0);
 }
