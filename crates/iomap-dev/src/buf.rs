@@ -77,21 +77,7 @@ impl SlabClass {
     fn alloc(&self, len: usize) -> NonNull<u8> {
         let mut free = self.free.lock();
         if free.is_empty() {
-            // SAFETY: a private anonymous mapping at an address of the kernel's choosing
-            // aliases nothing; failure is checked below.
-            let raw = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    SLAB_BYTES,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if raw == libc::MAP_FAILED {
-                alloc::handle_alloc_error(IoBuf::layout(SLAB_BYTES))
-            }
+            let raw = map_anonymous(SLAB_BYTES);
             // Small pages only: a huge page would keep freed slots resident (and fault in
             // 2 MiB on a slot's first touch) where transparent huge pages are always on.
             // SAFETY: advice on the mapping just made; failure only leaves the default.
@@ -120,6 +106,27 @@ impl SlabClass {
         }
         self.free.lock().push(ptr.as_ptr() as usize);
     }
+}
+
+/// A fresh private anonymous mapping of `len` bytes, zero-filled by the kernel on first
+/// touch; an allocation failure (as the global allocator reports it) if there is none.
+fn map_anonymous(len: usize) -> *mut libc::c_void {
+    // SAFETY: a private anonymous mapping at an address of the kernel's choosing aliases
+    // nothing; failure is checked below.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        alloc::handle_alloc_error(IoBuf::layout(len))
+    }
+    raw
 }
 
 /// The system's page size.
@@ -165,21 +172,7 @@ impl IoBuf {
         if len >= MMAP_MIN {
             let huge = len % HUGE_PAGE == 0;
             let map_len = if huge { len + HUGE_PAGE } else { len };
-            // SAFETY: a private anonymous mapping at an address of the kernel's choosing
-            // aliases nothing; failure is checked below.
-            let raw = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if raw == libc::MAP_FAILED {
-                alloc::handle_alloc_error(Self::layout(len))
-            }
+            let raw = map_anonymous(map_len);
             let mut start = raw.cast::<u8>();
             if huge {
                 let head = (HUGE_PAGE - start as usize % HUGE_PAGE) % HUGE_PAGE;
