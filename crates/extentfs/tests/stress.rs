@@ -126,10 +126,9 @@ fn threads_on_the_same_files_under_a_small_budget_read_only_what_was_written() {
     std::thread::scope(|s| {
         let (fs, inos, progress, finished) = (&fs, &inos, &progress, &finished);
         let mut handles = Vec::new();
-        for t in 0..WRITERS {
+        for (t, p) in progress.iter().enumerate().take(WRITERS) {
             handles.push(s.spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(0x5eed + t as u64);
-                let p = &progress[t];
                 for _ in 0..ops {
                     let f = rng.gen_range(0..FILES);
                     let ino = inos[f as usize];
