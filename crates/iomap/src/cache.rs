@@ -259,7 +259,7 @@ impl PageCache {
     /// The dirty throttle, the kernel's `balance_dirty_pages`: called by writers after
     /// dirtying `dirtied` bytes, with no folio lock held. May pause the caller.
     pub(crate) fn balance_dirty(&self, dirtied: u64) {
-        match self.throttle.balance(dirtied, self.gauges.snapshot()) {
+        match self.throttle.balance(dirtied, || self.gauges.snapshot()) {
             Verdict::Free => {}
             Verdict::Pause(p) => {
                 self.flusher.kick();

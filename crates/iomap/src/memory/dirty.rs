@@ -220,12 +220,14 @@ impl DirtyThrottle {
         b.bytes_per_sec.max(1.0)
     }
 
-    /// Decides what a writer that just dirtied `dirtied` bytes does, given the cache's gauges.
-    pub(crate) fn balance(&self, dirtied: u64, g: GaugeSnapshot) -> Verdict {
+    /// Decides what a writer that just dirtied `dirtied` bytes does, given the cache's gauges
+    /// (read only when dirty data is bounded).
+    pub(crate) fn balance(&self, dirtied: u64, gauges: impl FnOnce() -> GaugeSnapshot) -> Verdict {
         let hard = self.dirty.load(Ordering::Relaxed);
         if hard == u64::MAX || !self.flusher_running() {
             return Verdict::Free;
         }
+        let g = gauges();
         let owed = DIRTIED.with(|d| {
             d.set(d.get() + dirtied);
             d.get()
@@ -332,14 +334,14 @@ mod tests {
         let t = DirtyThrottle::default();
         t.set_limits(MemoryLimits::with_budget(100 << 20)); // dirty 20 MiB, background 10 MiB
         t.set_flusher(true);
-        let pause_at = |dirty: u64| match t.balance(1 << 20, gauges(dirty)) {
+        let pause_at = |dirty: u64| match t.balance(1 << 20, || gauges(dirty)) {
             Verdict::Pause(p) => p,
             Verdict::Free => Duration::ZERO,
             Verdict::Wait => Duration::MAX,
         };
         assert_eq!(pause_at(5 << 20), Duration::ZERO);
         assert!(matches!(
-            t.balance(1 << 20, gauges(12 << 20)),
+            t.balance(1 << 20, || gauges(12 << 20)),
             Verdict::Pause(p) if p.is_zero()
         ));
         let low = pause_at(16 << 20);
@@ -347,12 +349,12 @@ mod tests {
         assert!(low > Duration::ZERO && high > low, "{low:?} {high:?}");
         assert!(high <= MAX_PAUSE);
         assert!(matches!(
-            t.balance(1 << 20, gauges(20 << 20)),
+            t.balance(1 << 20, || gauges(20 << 20)),
             Verdict::Wait
         ));
         t.set_flusher(false);
         assert!(matches!(
-            t.balance(1 << 20, gauges(30 << 20)),
+            t.balance(1 << 20, || gauges(30 << 20)),
             Verdict::Free
         ));
     }
