@@ -1,5 +1,6 @@
 //! The command line: what each subcommand takes, and running it.
 
+mod exercise;
 mod fsck;
 mod mkfs;
 mod mount;
@@ -34,6 +35,9 @@ enum Command {
     Fsck(FsckArgs),
     /// Show a running mount's cache, request and error statistics.
     Stats(StatsArgs),
+    /// Run seeded random file operations on an in-memory filesystem and check every result
+    /// against a model (as fsx does); a failure is shrunk to a short operation list.
+    Exercise(ExerciseArgs),
 }
 
 /// `iomapfs mount`.
@@ -120,6 +124,51 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// `iomapfs exercise`.
+#[derive(Debug, Args)]
+pub struct ExerciseArgs {
+    /// Operations to run.
+    #[arg(long, default_value_t = 10_000)]
+    pub ops: usize,
+    /// Seed of the operation list [default: from the time, printed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Block size: a power of two from 512 to 65536.
+    #[arg(long, default_value_t = 4096, value_parser = parse_block_size)]
+    pub block_size: u32,
+    /// Largest folio of the cache: a power of two (K, M suffixes).
+    #[arg(long, value_parser = parse_size, default_value = "2M")]
+    pub max_folio: u64,
+    /// The cache's memory budget (K, M, G suffixes).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub cache_size: u64,
+    /// Files the operations work on.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub files: u16,
+    /// Also cut the power, after a sync and without one, and check what recovery keeps.
+    #[arg(long)]
+    pub crash: bool,
+    /// Also inject device faults (not supported yet).
+    #[arg(long)]
+    pub faults: bool,
+    /// For tests of failure reporting: corrupt the model at this operation.
+    #[arg(long, hide = true)]
+    pub inject_mismatch_at: Option<usize>,
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let bs: u32 = s
+        .parse()
+        .map_err(|_| format!("block size {s:?} is not a number"))?;
+    if bs.is_power_of_two() && (512..=65536).contains(&bs) {
+        Ok(bs)
+    } else {
+        Err(format!(
+            "block size {bs} is not a power of two from 512 to 65536"
+        ))
+    }
+}
+
 /// What went wrong, in words.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -153,6 +202,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Mkfs(a) => mkfs::run(a).map(|()| ExitCode::SUCCESS),
         Command::Fsck(a) => fsck::run(a),
         Command::Stats(a) => stats::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Exercise(a) => exercise::run(a),
     }
 }
 
