@@ -35,14 +35,32 @@ const HUGE_PAGE: usize = 2 << 20;
 /// Buffers of a power-of-two length from [`IO_BUF_ALIGN`] up to (not including) [`MMAP_MIN`]
 /// come from slabs: 2 MiB anonymous mappings cut into slots of one length. An aligned heap
 /// allocation of 4 KiB costs the heap a second 4 KiB to align it, doubling the memory of a
-/// cache of small folios; a slot costs nothing beside its bytes. A freed slot's pages are
-/// given back to the kernel (`MADV_DONTNEED`), so a slot is zero again when next used and
-/// freed buffers do not stay resident; the mappings themselves are kept for reuse.
+/// cache of small folios; a slot costs nothing beside its bytes. The mappings are kept for
+/// reuse. A freed slot stays resident, to be zeroed when next handed out, while its class
+/// keeps no more than [`SLAB_RESIDENT_FREE`] so; past that a freed slot's pages go back to the
+/// kernel (`MADV_DONTNEED`, which reads as zero again). Giving back every slot at once cost a
+/// TLB shootdown on every free, most of the time of a cache of small folios churning.
 const SLAB_BYTES: usize = 2 << 20;
 
-/// One slab length class: free slot addresses.
+/// Free bytes a slab class keeps resident.
+const SLAB_RESIDENT_FREE: usize = 4 << 20;
+
+/// A free slot: its address, and whether it still holds old bytes (resident) or reads as
+/// zero (given back).
+#[derive(Clone, Copy)]
+struct Slot {
+    addr: usize,
+    resident: bool,
+}
+
+/// One slab length class: its free slots.
 struct SlabClass {
-    free: parking_lot::Mutex<Vec<usize>>,
+    free: parking_lot::Mutex<SlabFree>,
+}
+
+struct SlabFree {
+    slots: Vec<Slot>,
+    resident_bytes: usize,
 }
 
 /// Slab classes for 4, 8, 16 and 32 KiB.
@@ -56,13 +74,16 @@ static SLABS: [SlabClass; 4] = [
 impl SlabClass {
     const fn new() -> Self {
         Self {
-            free: parking_lot::const_mutex(Vec::new()),
+            free: parking_lot::const_mutex(SlabFree {
+                slots: Vec::new(),
+                resident_bytes: 0,
+            }),
         }
     }
 
     /// The class for buffers of `len` bytes, if they come from slabs: only whole pages of
-    /// the system's page size, since a slot's pages are given back on free (with 16 or 64 KiB
-    /// pages a 4 KiB slot would share a page with live neighbours).
+    /// the system's page size, since a slot's pages may be given back on free (with 16 or
+    /// 64 KiB pages a 4 KiB slot would share a page with live neighbours).
     fn of(len: usize) -> Option<&'static SlabClass> {
         if !len.is_power_of_two()
             || !(IO_BUF_ALIGN..MMAP_MIN).contains(&len)
@@ -75,36 +96,68 @@ impl SlabClass {
 
     /// A zeroed slot of `len` bytes.
     fn alloc(&self, len: usize) -> NonNull<u8> {
-        let mut free = self.free.lock();
-        if free.is_empty() {
-            let raw = map_anonymous(SLAB_BYTES);
-            // Small pages only: a huge page would keep freed slots resident (and fault in
-            // 2 MiB on a slot's first touch) where transparent huge pages are always on.
-            // SAFETY: advice on the mapping just made; failure only leaves the default.
-            unsafe { libc::madvise(raw, SLAB_BYTES, libc::MADV_NOHUGEPAGE) };
-            let base = raw as usize;
-            // Handed out from the start of the mapping.
-            free.extend((0..SLAB_BYTES / len).rev().map(|i| base + i * len));
+        let slot = {
+            let mut free = self.free.lock();
+            if free.slots.is_empty() {
+                let raw = map_anonymous(SLAB_BYTES);
+                // Small pages only: a huge page would keep freed slots resident (and fault in
+                // 2 MiB on a slot's first touch) where transparent huge pages are always on.
+                // SAFETY: advice on the mapping just made; failure only leaves the default.
+                unsafe { libc::madvise(raw, SLAB_BYTES, libc::MADV_NOHUGEPAGE) };
+                let base = raw as usize;
+                // Handed out from the start of the mapping; fresh pages read as zero.
+                free.slots.extend((0..SLAB_BYTES / len).rev().map(|i| Slot {
+                    addr: base + i * len,
+                    resident: false,
+                }));
+            }
+            let slot = free.slots.pop();
+            if let Some(Slot { resident: true, .. }) = slot {
+                free.resident_bytes -= len;
+            }
+            slot
+        };
+        let Some(slot) = slot.and_then(|s| NonNull::new(s.addr as *mut u8).map(|p| (p, s))) else {
+            alloc::handle_alloc_error(IoBuf::layout(len))
+        };
+        let (ptr, slot) = slot;
+        if slot.resident {
+            // SAFETY: the slot is `len` bytes inside a live slab mapping, free until now and
+            // ours alone (it was just taken off the free list).
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
         }
-        let addr = free.pop().unwrap_or_default();
-        NonNull::new(addr as *mut u8)
-            .unwrap_or_else(|| alloc::handle_alloc_error(IoBuf::layout(len)))
+        ptr
     }
 
-    /// Takes back the slot at `ptr`, `len` bytes, whose pages go back to the kernel.
+    /// Takes back the slot at `ptr`, `len` bytes.
     ///
     /// # Safety
     /// `ptr` came from [`Self::alloc`] of this class with `len`, and nothing uses it after.
     unsafe fn free(&self, ptr: NonNull<u8>, len: usize) {
-        // SAFETY: the slot is page-aligned, `len` long, inside a live slab mapping and unused
-        // (the caller's contract); dropping its pages makes it read as zeroes when next used.
-        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
-        if rc != 0 {
-            // The slot must read as zero when next handed out.
-            // SAFETY: as above: `len` bytes at `ptr` are ours and unused.
-            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        let mut free = self.free.lock();
+        let resident = free.resident_bytes + len <= SLAB_RESIDENT_FREE;
+        if resident {
+            free.resident_bytes += len;
         }
-        self.free.lock().push(ptr.as_ptr() as usize);
+        let addr = ptr.as_ptr() as usize;
+        if resident {
+            free.slots.push(Slot { addr, resident });
+            return;
+        }
+        drop(free);
+        // SAFETY: the slot is page-aligned (of a whole number of system pages, see `of`),
+        // `len` long, inside a live slab mapping and unused (the caller's contract); dropping
+        // its pages makes it read as zeroes when next used.
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+        // Where the pages could not be dropped the slot is zeroed when handed out again.
+        let mut free = self.free.lock();
+        if rc != 0 {
+            free.resident_bytes += len;
+        }
+        free.slots.push(Slot {
+            addr,
+            resident: rc != 0,
+        });
     }
 }
 
