@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::iomap::IomapOps;
 use crate::mapping::Mapping;
 use crate::read::{buffered_read, read_stream, readahead, readahead_marked};
-use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
+use crate::writeback::{writepages, WritebackControl, WritebackOps};
 
 /// The default largest window: 4 MiB, four full device requests on most devices here, so a
 /// sequential reader keeps several in flight (Linux's default is 128 KiB, raised to the
@@ -293,13 +293,7 @@ pub fn fadvise_dontneed(
     len: u64,
 ) -> Result<()> {
     let end = start.saturating_add(len);
-    let mut wbc = WritebackControl {
-        sync_mode: SyncMode::None,
-        start,
-        end,
-        budget_bytes: None,
-        written_bytes: 0,
-    };
+    let mut wbc = WritebackControl::background_range(start, end);
     let written = writepages(mapping, wb, &mut wbc);
     mapping.release_clean(start, end);
     written

@@ -23,7 +23,7 @@ use crate::iomap::{IomapFlags, IomapKind, IomapOps, IterFlags};
 use crate::iter::IomapIter;
 use crate::mapping::Mapping;
 use crate::read::{fill_inline, read_folios};
-use crate::writeback::{writepages, SyncMode, WritebackControl, WritebackOps};
+use crate::writeback::{writepages, WritebackControl, WritebackOps};
 
 /// Where a write's bytes come from: a buffer, a reader, a socket. It may deliver fewer bytes
 /// than asked (a short copy), and takes back bytes the engine could not commit so that it
@@ -177,13 +177,7 @@ pub fn buffered_write_uncached(
     for f in &ours {
         f.set_dropbehind();
     }
-    let mut wbc = WritebackControl {
-        sync_mode: SyncMode::None,
-        start: pos,
-        end: pos + n,
-        budget_bytes: None,
-        written_bytes: 0,
-    };
+    let mut wbc = WritebackControl::background_range(pos, pos + n);
     // As for any background writeback, an error is recorded for fsync to report; the write
     // itself succeeded.
     let _ = writepages(mapping, wb, &mut wbc);

@@ -73,6 +73,17 @@ impl WritebackControl {
         }
     }
 
+    /// Background writeback of `[start, end)`, all of it (skipping folios under writeback).
+    pub fn background_range(start: u64, end: u64) -> Self {
+        Self {
+            sync_mode: SyncMode::None,
+            start,
+            end,
+            budget_bytes: None,
+            written_bytes: 0,
+        }
+    }
+
     /// Background writeback of the whole file, up to `budget_bytes`.
     pub fn background(budget_bytes: u64) -> Self {
         Self {
