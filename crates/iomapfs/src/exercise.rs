@@ -153,6 +153,20 @@ pub struct Config {
     pub crash: bool,
 }
 
+impl Default for Config {
+    /// What `iomapfs exercise` runs with by default: 4 KiB blocks, folios up to 2 MiB, a
+    /// 64 MiB cache and four files, without crashes.
+    fn default() -> Self {
+        Config {
+            block_size: 4096,
+            max_folio_bytes: 2 << 20,
+            cache_bytes: 64 << 20,
+            files: 4,
+            crash: false,
+        }
+    }
+}
+
 impl Config {
     /// Checks that a run can work with these settings; the reason if not.
     pub fn validate(&self) -> Result<(), String> {
