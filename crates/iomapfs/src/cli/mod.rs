@@ -1,5 +1,6 @@
 //! The command line: what each subcommand takes, and running it.
 
+mod bench;
 mod exercise;
 mod fsck;
 mod mkfs;
@@ -38,6 +39,9 @@ enum Command {
     /// Run seeded random file operations on an in-memory filesystem and check every result
     /// against a model (as fsx does); a failure is shrunk to a short operation list.
     Exercise(ExerciseArgs),
+    /// Run the engine beside what the kernel offers for the same work (its page cache,
+    /// O_DIRECT, XFS through fio as root), and print the ratios in a table with an SVG chart.
+    Bench(BenchArgs),
 }
 
 /// `iomapfs mount`.
@@ -156,6 +160,35 @@ pub struct ExerciseArgs {
     pub inject_mismatch_at: Option<usize>,
 }
 
+/// `iomapfs bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to write the chart of the ratios.
+    #[arg(long, default_value = "bench.svg")]
+    pub svg: PathBuf,
+    /// Where to make the run's scratch directory (removed after it): on a disk file system
+    /// that supports O_DIRECT, not tmpfs.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Run only these cases (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<bench::Case>,
+    /// Tiny sizes and two rounds, for smoke tests: the figures mean little.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds of each case, the sides alternating which goes first [default: 5, 2 with
+    /// --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: Option<u32>,
+    /// Run one round of one memory case in this process and print its figures as JSON (how
+    /// the suite runs those cases, each in a fresh process).
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
 fn parse_block_size(s: &str) -> Result<u32, String> {
     let bs: u32 = s
         .parse()
@@ -203,6 +236,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Fsck(a) => fsck::run(a),
         Command::Stats(a) => stats::run(a).map(|()| ExitCode::SUCCESS),
         Command::Exercise(a) => exercise::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
