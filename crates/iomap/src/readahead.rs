@@ -24,7 +24,7 @@ use crate::writeback::{writepages, WritebackControl, WritebackOps};
 /// sequential reader keeps several in flight (Linux's default is 128 KiB, raised to the
 /// device's optimal I/O size). With a window of one request the device waits while the reader
 /// copies: a cold 4 GiB read ran at about 0.6x `O_DIRECT` reads of 1 MiB, against about 1x with
-/// 4 MiB (`cargo bench -p iomap --bench memory`).
+/// 4 MiB (`iomapfs bench --only cold-read`).
 pub const DEFAULT_MAX_READAHEAD: u64 = 4 << 20;
 
 /// What `posix_fadvise` says of the coming access.
