@@ -31,6 +31,7 @@ enum Action {
     Short(u64),
     Torn(SmallRng),
     Delay(Duration),
+    Lost,
 }
 
 /// Picks requests of one kind and says what fault to inject into them.
@@ -141,6 +142,14 @@ impl FaultRule {
         self
     }
 
+    /// Instead of failing, completes the request successfully without passing it on: a write
+    /// cache that acknowledges and then loses data, for testing that a checker notices.
+    /// Reads are treated alike (the buffer is left as it was); so are flushes.
+    pub fn lost(mut self) -> Self {
+        self.action = Action::Lost;
+        self
+    }
+
     /// Counts and draws for a request; true when the rule would apply to it.
     fn observe(&mut self, op: Op, addr: u64, len: u64) -> bool {
         let overlaps = addr < self.range.1 && self.range.0 < addr.saturating_add(len);
@@ -163,6 +172,7 @@ impl FaultRule {
         let errno = self.errno;
         match &mut self.action {
             Action::Delay(d) => (FaultKind::Delay { delay: *d }, Plan::Delay(*d)),
+            Action::Lost => (FaultKind::Lost, Plan::Parts(Vec::new(), 0)),
             _ if self.op == Op::Flush => (FaultKind::Fail, Plan::Parts(Vec::new(), errno)),
             Action::Fail => (FaultKind::Fail, Plan::Parts(Vec::new(), errno)),
             Action::Short(bytes) => {
@@ -211,6 +221,8 @@ pub enum FaultKind {
         /// request's first block: block `i` lies at `addr + i * logical_block_size`.
         written_blocks: Vec<u64>,
     },
+    /// The request completed successfully without reaching the inner device.
+    Lost,
     /// The request was held back, then passed on whole.
     Delay {
         /// How long it was held back.
@@ -232,12 +244,13 @@ pub struct InjectedFault {
     /// What was done to it.
     pub kind: FaultKind,
     /// The errno it completed with; `None` for a delay, which completes as the inner device
-    /// says.
+    /// says, and for a lost request, which completes successfully.
     pub errno: Option<i32>,
 }
 
 /// How to carry out a fault: pass the listed byte ranges `[from, to)` of the request on and
-/// then fail with the errno, or pass the whole request on after a delay.
+/// then fail with the errno (or, with errno zero, succeed), or pass the whole request on
+/// after a delay.
 enum Plan {
     Parts(Vec<(u64, u64)>, i32),
     Delay(Duration),
@@ -383,6 +396,7 @@ impl<D: BlockDevice> FaultDevice<D> {
             addr: req.addr,
             len,
             errno: match plan {
+                Plan::Parts(_, 0) => None,
                 Plan::Parts(_, errno) => Some(errno),
                 Plan::Delay(_) => None,
             },
@@ -426,7 +440,7 @@ impl<D: BlockDevice> FaultDevice<D> {
         let error = move || io::Error::from_raw_os_error(errno);
         if parts.is_empty() {
             drop(req);
-            return done(Err(error()));
+            return done(if errno == 0 { Ok(()) } else { Err(error()) });
         }
         let pending = Arc::new(Mutex::new((parts.len(), Some(done))));
         for (from, to) in parts {

@@ -396,3 +396,21 @@ fn the_first_rule_with_budget_left_applies_and_every_fault_is_logged() {
     assert_eq!(write(0), None);
     assert_eq!(dev.injected().len(), 3, "clearing rules keeps the log");
 }
+
+#[test]
+fn a_lost_write_is_acknowledged_and_never_reaches_the_device() {
+    let dev = device();
+    dev.write_at(DevAddr(0), &[1u8; 1024]).unwrap();
+    dev.add_rule(FaultRule::nth(Op::Write, 2, EIO).lost());
+    dev.write_at(DevAddr(0), &[2u8; 512]).unwrap();
+    dev.write_at(DevAddr(512), &[3u8; 512]).unwrap();
+    assert_eq!(inner_bytes(dev.inner(), 0, 512), [2u8; 512]);
+    assert_eq!(inner_bytes(dev.inner(), 512, 512), [1u8; 512]);
+    dev.write_at(DevAddr(512), &[4u8; 512]).unwrap();
+    assert_eq!(inner_bytes(dev.inner(), 512, 512), [4u8; 512]);
+    let lost = InjectedFault {
+        errno: None,
+        ..fault(3, Op::Write, 512, 512, FaultKind::Lost, 0)
+    };
+    assert_eq!(dev.injected(), [lost]);
+}
