@@ -1383,9 +1383,10 @@ impl ExtentFs {
                 }
             }
             let mut a = t.meta().inode(dst)?.attr;
-            if dend > dsize {
-                a.size = dend;
-            }
+            // The logged size must cover the shared blocks, also where it lags the size in
+            // memory for writes not yet done: otherwise recovery after a crash leaves them
+            // mapped past the end of file, where growing the file would expose them.
+            a.size = a.size.max(dend);
             a.mtime = now;
             a.ctime = now;
             t.op(Op::SetAttr { ino: dst, attr: a })
