@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use extentfs::{fsck, mkfs, ExtentFs, Ino, MkfsOptions, MountOptions, ROOT_INO};
 use iomap::{CacheConfig, MemoryLimits};
-use iomap_dev::{BlockDevice, CrashDevice, MemDevice, Pending};
+use iomap_dev::{
+    BlockDevice, BlockDeviceExt, CrashDevice, DevAddr, FaultDevice, FaultRule, MemDevice, Pending,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -42,6 +44,14 @@ const MAX_RECOVERED_BYTES: u64 = 2 * MAX_FILE_BYTES;
 pub enum Op {
     /// Writes `len` bytes drawn from `seed` at `pos`.
     Write {
+        f: usize,
+        pos: u64,
+        len: u64,
+        seed: u64,
+    },
+    /// Stores through a shared mapping: `page_mkwrite` and a store into each folio the range
+    /// covers, inside EOF only (a store past EOF would fault).
+    MappedWrite {
         f: usize,
         pos: u64,
         len: u64,
@@ -102,8 +112,23 @@ pub enum Op {
     Remount,
     /// Syncs, then cuts the power.
     CrashAfterSync,
-    /// A power cut with no sync first; `seed` picks which in-flight device writes survive.
-    Crash { seed: u64 },
+    /// A power cut with no sync first; `seed` picks which in-flight device writes survive,
+    /// and with `tear` which of their sectors.
+    Crash { seed: u64, tear: bool },
+    /// Syncs file `f` (or, with `None`, the whole file system) while the device fails a write
+    /// or flush, then checks that the failure was reported (R19) and that every file whose
+    /// fsync reports nothing reads back exactly, from the device.
+    WriteFault { f: Option<usize>, fault: Fault },
+    /// Reads a range while the device fails the `nth` read from now (`drop`: with the cache
+    /// dropped first, so the read reaches the device): the read either returns the right
+    /// bytes or EIO, and once the device works again it returns the right bytes.
+    ReadFault {
+        f: usize,
+        pos: u64,
+        len: u64,
+        nth: u32,
+        drop: bool,
+    },
     /// Test-only: flips the oracle so that the run must fail.
     CorruptOracle { f: usize },
 }
@@ -113,6 +138,7 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Write { .. } => "write",
+            Op::MappedWrite { .. } => "mapped-write",
             Op::Read { .. } => "read",
             Op::Truncate { .. } => "truncate",
             Op::Fallocate { .. } => "fallocate",
@@ -132,8 +158,62 @@ impl Op {
             Op::Verify => "verify",
             Op::Remount => "remount",
             Op::CrashAfterSync => "crash-after-sync",
-            Op::Crash { .. } => "crash",
+            Op::Crash { tear: false, .. } => "crash",
+            Op::Crash { tear: true, .. } => "crash-torn",
+            Op::WriteFault { f: Some(_), .. } => "fsync-fault",
+            Op::WriteFault { f: None, .. } => "syncfs-fault",
+            Op::ReadFault { .. } => "read-fault",
             Op::CorruptOracle { .. } => "corrupt-oracle",
+        }
+    }
+}
+
+/// A device fault a `WriteFault` injects.
+#[derive(Clone, Copy, Debug)]
+pub struct Fault {
+    /// Fail a flush instead of a write.
+    pub flush: bool,
+    /// Which request from now fails, counting from 1.
+    pub nth: u32,
+    /// How many requests in a row fail.
+    pub times: u32,
+    /// What reaches the device of a failing write.
+    pub kind: FaultKind,
+}
+
+/// What reaches the device of a failing write.
+#[derive(Clone, Copy, Debug)]
+pub enum FaultKind {
+    /// Nothing.
+    Fail,
+    /// The first `bytes`, rounded down to the logical block size.
+    Short {
+        /// How much is written.
+        bytes: u64,
+    },
+    /// A random subset of its blocks.
+    Torn {
+        /// Picks the blocks.
+        seed: u64,
+    },
+    /// Nothing, yet the write succeeds: a device that loses acknowledged data. Runs never
+    /// draw it; it shows that the checker notices such a loss.
+    Lost,
+}
+
+impl Fault {
+    fn rule(&self) -> FaultRule {
+        let op = if self.flush {
+            iomap_dev::Op::Flush
+        } else {
+            iomap_dev::Op::Write
+        };
+        let rule = FaultRule::nth(op, self.nth, libc::EIO).times(self.times);
+        match self.kind {
+            FaultKind::Fail => rule,
+            FaultKind::Short { bytes } => rule.short(bytes),
+            FaultKind::Torn { seed } => rule.torn(seed),
+            FaultKind::Lost => rule.lost(),
         }
     }
 }
@@ -151,6 +231,8 @@ pub struct Config {
     pub files: usize,
     /// Whether the run cuts the power (after a sync and without one).
     pub crash: bool,
+    /// Whether the run makes device requests fail.
+    pub faults: bool,
 }
 
 impl Default for Config {
@@ -163,6 +245,7 @@ impl Default for Config {
             cache_bytes: 64 << 20,
             files: 4,
             crash: false,
+            faults: false,
         }
     }
 }
@@ -299,17 +382,27 @@ fn random_op(rng: &mut impl Rng, cfg: &Config) -> Op {
     let files = cfg.files;
     let bs = u64::from(cfg.block_size);
     let f = rng.gen_range(0..files);
-    // Weights per thousand; the crash operations take their share from writes when enabled.
+    // Weights per thousand; the crash and fault operations take their share from writes when
+    // enabled.
     let crash = if cfg.crash { 5 } else { 0 };
+    let faults = if cfg.faults { 10 } else { 0 };
     let roll = rng.gen_range(0..1000);
     let mut at = 0;
     let mut next = |w: u32| {
         at += w;
         roll < at
     };
-    if next(250 - 2 * crash) {
+    if next(220 - 2 * crash - 2 * faults) {
         let (pos, len) = range(rng);
         Op::Write {
+            f,
+            pos,
+            len,
+            seed: rng.gen(),
+        }
+    } else if next(30) {
+        let (pos, len) = range(rng);
+        Op::MappedWrite {
             f,
             pos,
             len,
@@ -387,7 +480,34 @@ fn random_op(rng: &mut impl Rng, cfg: &Config) -> Op {
     } else if next(crash) {
         Op::CrashAfterSync
     } else if next(crash) {
-        Op::Crash { seed: rng.gen() }
+        Op::Crash {
+            seed: rng.gen(),
+            tear: rng.gen(),
+        }
+    } else if next(faults) {
+        let fault = Fault {
+            flush: rng.gen_bool(0.15),
+            nth: rng.gen_range(1..=4),
+            times: if rng.gen_bool(0.8) { 1 } else { 3 },
+            kind: match rng.gen_range(0..4) {
+                0 => FaultKind::Short {
+                    bytes: rng.gen_range(0..MAX_LEN_BYTES),
+                },
+                1 => FaultKind::Torn { seed: rng.gen() },
+                _ => FaultKind::Fail,
+            },
+        };
+        let f = rng.gen_bool(0.8).then_some(f);
+        Op::WriteFault { f, fault }
+    } else if next(faults) {
+        let (pos, len) = range(rng);
+        Op::ReadFault {
+            f,
+            pos,
+            len,
+            nth: rng.gen_range(1..=3),
+            drop: rng.gen_bool(0.7),
+        }
     } else {
         let (pos, len) = range(rng);
         Op::Write {
@@ -403,32 +523,90 @@ fn random_op(rng: &mut impl Rng, cfg: &Config) -> Op {
 
 /// Runs `ops` on a fresh file system, checking each against the oracle; `progress` is called
 /// after each operation.
-pub fn run_ops(cfg: &Config, ops: &[Op], progress: &mut dyn FnMut()) -> Result<(), Failure> {
+pub fn run_ops(cfg: &Config, ops: &[Op], progress: &mut dyn FnMut()) -> Result<Tally, Failure> {
     let mut h = Harness::new(cfg).map_err(|what| Failure { at: None, what })?;
     for (i, op) in ops.iter().enumerate() {
         h.step(op).map_err(|what| Failure { at: Some(i), what })?;
         progress();
     }
+    let tally = h.tally.clone();
     let end = h.verify_all().and_then(|()| h.finish());
     end.map_err(|what| Failure {
         at: Some(ops.len()),
         what: format!("at the end: {what}"),
-    })
+    })?;
+    Ok(tally)
 }
 
-/// The device a run's file system lives on: recorded for crashes, or plain.
-enum Device {
-    Plain(Arc<MemDevice>),
-    Crash(Arc<CrashDevice<MemDevice>>),
+/// What a passing run's faults and crashes came to.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Device writes and flushes failed.
+    pub write_faults: usize,
+    /// Files whose fsync reported a failed write or flush.
+    pub reported: usize,
+    /// Shutdowns after a failed write of the log or a checkpoint, each followed by recovery.
+    pub shutdowns: usize,
+    /// Device reads failed.
+    pub read_faults: usize,
+    /// Reads that returned EIO for them.
+    pub read_errors: usize,
+    /// Power cuts, each followed by recovery.
+    pub crashes: usize,
+}
+
+/// The device a run's file system lives on: memory, recorded for crashes (`--crash`), under
+/// a fault injector (`--faults`).
+struct Device {
+    top: Arc<dyn BlockDevice>,
+    crash: Option<Arc<CrashDevice<MemDevice>>>,
+    faults: Option<Arc<FaultDevice<Arc<dyn BlockDevice>>>>,
 }
 
 impl Device {
-    fn block_device(&self) -> Arc<dyn BlockDevice> {
-        match self {
-            Device::Plain(d) => Arc::clone(d) as Arc<dyn BlockDevice>,
-            Device::Crash(d) => Arc::clone(d) as Arc<dyn BlockDevice>,
-        }
+    fn new(cfg: &Config, mem: MemDevice) -> Checked<Self> {
+        let (inner, crash): (Arc<dyn BlockDevice>, _) = if cfg.crash {
+            let d = Arc::new(CrashDevice::new(mem).map_err(|e| format!("crash device: {e}"))?);
+            (Arc::clone(&d) as Arc<dyn BlockDevice>, Some(d))
+        } else {
+            (Arc::new(mem), None)
+        };
+        let faults = cfg
+            .faults
+            .then(|| Arc::new(FaultDevice::new(Arc::clone(&inner))));
+        let top = match &faults {
+            Some(f) => Arc::clone(f) as Arc<dyn BlockDevice>,
+            None => inner,
+        };
+        Ok(Device { top, crash, faults })
     }
+
+    fn block_device(&self) -> Arc<dyn BlockDevice> {
+        Arc::clone(&self.top)
+    }
+
+    fn faults(&self) -> Checked<&FaultDevice<Arc<dyn BlockDevice>>> {
+        self.faults
+            .as_deref()
+            .ok_or_else(|| "a fault needs the fault device (--faults)".to_string())
+    }
+}
+
+/// The byte a fresh device holds everywhere before mkfs: a block the file system hands out
+/// without writing or zeroing shows up as this instead of zeros.
+const CANARY: u8 = 0xc5;
+
+fn canary_device(capacity: u64) -> Checked<MemDevice> {
+    let mem = MemDevice::new(capacity);
+    let chunk = vec![CANARY; 1 << 20];
+    let mut at = 0;
+    while at < capacity {
+        let n = (capacity - at).min(chunk.len() as u64) as usize;
+        mem.write_at(DevAddr(at), &chunk[..n])
+            .map_err(|e| format!("filling the device: {e}"))?;
+        at += n as u64;
+    }
+    Ok(mem)
 }
 
 type Checked<T = ()> = Result<T, String>;
@@ -445,6 +623,7 @@ struct Harness {
     oracle: Vec<Vec<u8>>,
     /// Per file: changed since its last fsync or sync, so a crash may lose the change.
     unsynced: Vec<bool>,
+    tally: Tally,
 }
 
 fn name(f: usize) -> Vec<u8> {
@@ -457,13 +636,7 @@ impl Harness {
         // extents, plus the log: ENOSPC is never a correct answer in a run. No more, since
         // every crash scans the whole device for its new recording.
         let capacity = (32 << 20) + cfg.files as u64 * 2 * MAX_FILE_BYTES;
-        let mem = MemDevice::new(capacity);
-        let dev = if cfg.crash {
-            let d = CrashDevice::new(mem).map_err(|e| format!("crash device: {e}"))?;
-            Device::Crash(Arc::new(d))
-        } else {
-            Device::Plain(Arc::new(mem))
-        };
+        let dev = Device::new(cfg, canary_device(capacity)?)?;
         let opts = MkfsOptions {
             block_size: cfg.block_size,
             log_blocks: None,
@@ -486,6 +659,7 @@ impl Harness {
             inos,
             oracle: vec![Vec::new(); cfg.files],
             unsynced: vec![false; cfg.files],
+            tally: Tally::default(),
         })
     }
 
@@ -507,6 +681,7 @@ impl Harness {
                 put(&mut self.oracle[f], pos, &data);
                 self.check_gap(f, old, pos)?;
             }
+            Op::MappedWrite { f, pos, len, seed } => self.mapped_write(f, pos, len, seed)?,
             Op::Read { f, pos, len } => self.check_range(f, pos, pos + len)?,
             Op::Truncate { f, size } => {
                 self.unsynced[f] = true;
@@ -650,10 +825,7 @@ impl Harness {
                 }
             }
             Op::Fsync { f, datasync } => {
-                let fh = fs.open(self.inos[f]).map_err(fs_err("open"))?;
-                let synced = fs.fsync(&fh, datasync).map_err(fs_err("fsync"));
-                fs.release(fh).map_err(fs_err("release"))?;
-                synced?;
+                self.fsync(f, datasync).map_err(fs_err("fsync"))?;
                 self.unsynced[f] = false;
             }
             Op::Syncfs => {
@@ -675,7 +847,15 @@ impl Harness {
                 self.unsynced.fill(false);
                 self.crash(&Pending::None)?;
             }
-            Op::Crash { seed } => self.crash(&Pending::Random { seed, tear: false })?,
+            Op::Crash { seed, tear } => self.crash(&Pending::Random { seed, tear })?,
+            Op::WriteFault { f, fault } => self.write_fault(f, &fault)?,
+            Op::ReadFault {
+                f,
+                pos,
+                len,
+                nth,
+                drop,
+            } => self.read_fault(f, pos, len, nth, drop)?,
             Op::CorruptOracle { f } => {
                 let o = &mut self.oracle[f];
                 match o.len() {
@@ -706,12 +886,18 @@ impl Harness {
 
     /// Reads `[start, end)` of file `f` and compares it with the oracle (short at EOF).
     fn check_range(&self, f: usize, start: u64, end: u64) -> Checked {
-        let o = &self.oracle[f];
         let mut buf = vec![0u8; end.saturating_sub(start) as usize];
         let n = self
             .fs
             .read(self.inos[f], start, &mut buf)
             .map_err(fs_err("read"))?;
+        self.compare(f, start, end, &buf[..n])
+    }
+
+    /// Compares what a read of `[start, end)` returned with the oracle (short at EOF).
+    fn compare(&self, f: usize, start: u64, end: u64, buf: &[u8]) -> Checked {
+        let o = &self.oracle[f];
+        let n = buf.len();
         let want = o
             .get(start as usize..end.min(o.len() as u64) as usize)
             .unwrap_or(&[]);
@@ -799,51 +985,41 @@ impl Harness {
     /// checks: files unchanged since their last sync must read back exactly, the others
     /// restart their oracles from what recovery left.
     fn crash(&mut self, pending: &Pending) -> Checked {
-        let Device::Crash(d) = &self.dev else {
+        let Some(d) = self.dev.crash.clone() else {
             return Err("a crash needs the crash device (--crash)".into());
         };
         // Nothing the dying file system or its flusher does later may reach the image.
+        self.tally.crashes += 1;
         d.power_cut();
         let t = d.events();
         self.fs.abandon();
         self.fs.cache().stop_flusher();
         let image = d
             .image_at(t, pending)
-            .and_then(CrashDevice::new)
             .map_err(|e| format!("crash image: {e}"))?;
-        self.dev = Device::Crash(Arc::new(image));
+        self.dev = Device::new(&self.cfg, image)?;
         if *pending == Pending::None {
             // After a sync the durable image is whole as it stands; with writes in flight,
             // only the image after log recovery must be.
             self.check_fsck("after the crash, before recovery")?;
         }
+        self.recover("the crash")
+    }
+
+    /// Mounts the device again after the file system stopped without unmounting (a crash,
+    /// or a shutdown after an error): log recovery must bring back every file synced since it
+    /// last changed exactly; the others restart their oracles from what recovery left. Then
+    /// an unmount, fsck and mount must agree.
+    fn recover(&mut self, after: &str) -> Checked {
         self.fs = mount(&self.cfg, &self.dev).map_err(|e| format!("recovery: {e}"))?;
         self.relookup()?;
         for f in 0..self.inos.len() {
             if !self.unsynced[f] {
                 self.check_range(f, 0, self.size(f))
-                    .map_err(|e| format!("after the crash, synced {e}"))?;
+                    .map_err(|e| format!("after {after}, synced {e}"))?;
                 continue;
             }
-            let size = self
-                .fs
-                .getattr(self.inos[f])
-                .map_err(fs_err("getattr"))?
-                .size;
-            if size > MAX_RECOVERED_BYTES {
-                return Err(format!("file {f} recovered at {size} bytes"));
-            }
-            let mut buf = vec![0u8; size as usize];
-            let n = self
-                .fs
-                .read(self.inos[f], 0, &mut buf)
-                .map_err(fs_err("read after the crash"))?;
-            if n != buf.len() {
-                return Err(format!(
-                    "short read of file {f} after the crash: {n} of {size}"
-                ));
-            }
-            self.oracle[f] = buf;
+            self.adopt(f).map_err(|e| format!("after {after}: {e}"))?;
         }
         self.unsynced.fill(false);
         self.check_sizes()?;
@@ -857,6 +1033,200 @@ impl Harness {
         self.relookup()?;
         self.verify_all()
             .map_err(|e| format!("after recovery and remount: {e}"))
+    }
+
+    /// Restarts file `f`'s oracle from what the file holds now.
+    fn adopt(&mut self, f: usize) -> Checked {
+        let size = self
+            .fs
+            .getattr(self.inos[f])
+            .map_err(fs_err("getattr"))?
+            .size;
+        if size > MAX_RECOVERED_BYTES {
+            return Err(format!("file {f} is {size} bytes long"));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = self
+            .fs
+            .read(self.inos[f], 0, &mut buf)
+            .map_err(fs_err("read"))?;
+        if n != buf.len() {
+            return Err(format!("short read of file {f}: {n} of {size} bytes"));
+        }
+        if let Some(i) = canary_run(&buf, u64::from(self.cfg.block_size)) {
+            return Err(format!(
+                "file {f} shows the device's unwritten canary at byte {i}"
+            ));
+        }
+        self.oracle[f] = buf;
+        Ok(())
+    }
+
+    /// Stores through a shared mapping: each folio is made writable by `page_mkwrite` and
+    /// stored into, as the faults of a process writing through `mmap` would.
+    fn mapped_write(&mut self, f: usize, pos: u64, len: u64, seed: u64) -> Checked {
+        let end = (pos + len).min(self.size(f));
+        if pos >= end {
+            return Ok(());
+        }
+        self.unsynced[f] = true;
+        let mut data = vec![0u8; (end - pos) as usize];
+        SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+        let mut at = pos;
+        while at < end {
+            let folio = self
+                .fs
+                .page_mkwrite(self.inos[f], at)
+                .map_err(fs_err("page_mkwrite"))?;
+            let (fpos, flen) = (folio.pos(), folio.len() as u64);
+            if !(fpos <= at && at < fpos + flen) {
+                return Err(format!(
+                    "page_mkwrite at {at} gave the folio at {fpos} with {flen} writable bytes"
+                ));
+            }
+            let upto = end.min(fpos + flen);
+            let src = &data[(at - pos) as usize..(upto - pos) as usize];
+            folio
+                .write((at - fpos) as usize, src)
+                .map_err(|e| format!("store into the folio at {fpos}: {e}"))?;
+            at = upto;
+        }
+        put(&mut self.oracle[f], pos, &data);
+        Ok(())
+    }
+
+    /// Whether the file system has shut down after an error.
+    fn is_shut_down(&self) -> bool {
+        matches!(self.fs.commit(), Err(extentfs::Error::Shutdown))
+    }
+
+    /// Syncs with a device fault armed; see [`Op::WriteFault`].
+    fn write_fault(&mut self, f: Option<usize>, fault: &Fault) -> Checked {
+        let faults = self.dev.faults()?;
+        let before = faults.injected().len();
+        faults.add_rule(fault.rule());
+        let synced = match f {
+            Some(f) => self.fsync(f, false),
+            None => self.fs.syncfs(),
+        };
+        faults.clear_rules();
+        let injected = faults.injected().len() - before;
+        self.tally.write_faults += injected;
+        let injected = injected > 0;
+        let reported = match synced {
+            Ok(()) => false,
+            Err(_) if !injected => {
+                return Err("the sync failed with no device fault injected".into());
+            }
+            Err(e) if e.errno() == libc::EIO => true,
+            Err(e) => return Err(format!("the sync failed with {e}, expected EIO")),
+        };
+        if !reported {
+            if let Some(f) = f {
+                self.unsynced[f] = false;
+            } else {
+                self.unsynced.fill(false);
+            }
+        }
+        self.settle_fault(f.filter(|_| reported), injected && !reported)
+    }
+
+    /// After a write or flush fault: every file is fsynced through a new handle, which
+    /// reports an error nobody has seen (R19). A file whose error was reported (`reported`,
+    /// or now) may have lost what it had not synced: its oracle restarts from what the device
+    /// holds. Every other file must read back exactly, from the device. `owed`: a fault was
+    /// injected and not yet reported, so some report must come now.
+    fn settle_fault(&mut self, reported: Option<usize>, owed: bool) -> Checked {
+        if self.is_shut_down() {
+            return self.shut_down_and_recover();
+        }
+        let mut tainted = vec![false; self.inos.len()];
+        if let Some(f) = reported {
+            tainted[f] = true;
+        }
+        for (f, tainted) in tainted.iter_mut().enumerate() {
+            match self.fsync(f, false) {
+                Ok(()) => self.unsynced[f] = false,
+                Err(e) if e.errno() == libc::EIO => {
+                    if self.is_shut_down() {
+                        return self.shut_down_and_recover();
+                    }
+                    *tainted = true;
+                }
+                Err(e) => return Err(format!("fsync after a fault failed with {e}")),
+            }
+        }
+        self.tally.reported += tainted.iter().filter(|&&t| t).count();
+        if owed && !tainted.contains(&true) {
+            return Err("a device fault was injected and no fsync reported it".into());
+        }
+        // Everything is written back; read from the device, not the cache.
+        self.fs
+            .drop_caches()
+            .map_err(fs_err("drop caches after a fault"))?;
+        for (f, &tainted) in tainted.iter().enumerate() {
+            if tainted {
+                self.adopt(f)
+                    .map_err(|e| format!("after a reported fault: {e}"))?;
+                // A write that failed may have left the size on the device short of the size
+                // in memory, as XFS's would: set it again, as a program that saw the error
+                // would, and sync, so that the oracle holds again across a crash.
+                let size = self.size(f);
+                self.fs
+                    .truncate(self.inos[f], size)
+                    .map_err(fs_err("truncate after a reported fault"))?;
+                self.fsync(f, false)
+                    .map_err(|e| format!("fsync after a reported fault: {e}"))?;
+                self.unsynced[f] = false;
+            } else {
+                self.check_range(f, 0, self.size(f))
+                    .map_err(|e| format!("after a fault nothing reported for: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The file system shut down after a fault: mounting again recovers the log.
+    fn shut_down_and_recover(&mut self) -> Checked {
+        self.tally.shutdowns += 1;
+        self.fs.abandon();
+        self.fs.cache().stop_flusher();
+        self.recover("a shutdown")
+    }
+
+    /// Reads with a device read fault armed; see [`Op::ReadFault`].
+    fn read_fault(&mut self, f: usize, pos: u64, len: u64, nth: u32, drop: bool) -> Checked {
+        if drop {
+            self.fs.syncfs().map_err(fs_err("syncfs"))?;
+            self.unsynced.fill(false);
+            self.fs.drop_caches().map_err(fs_err("drop caches"))?;
+        }
+        let faults = self.dev.faults()?;
+        let before = faults.injected().len();
+        faults.add_rule(FaultRule::nth(iomap_dev::Op::Read, nth, libc::EIO));
+        let end = pos + len;
+        let mut buf = vec![0u8; len as usize];
+        let read = self.fs.read(self.inos[f], pos, &mut buf);
+        faults.clear_rules();
+        let injected = faults.injected().len() - before;
+        self.tally.read_faults += injected;
+        let injected = injected > 0;
+        match read {
+            Ok(n) => self.compare(f, pos, end, &buf[..n])?,
+            Err(e) if injected && e.errno() == libc::EIO => self.tally.read_errors += 1,
+            Err(e) if injected => return Err(format!("a failed read returned {e}, not EIO")),
+            Err(e) => return Err(format!("read failed with no device fault injected: {e}")),
+        }
+        self.check_range(f, pos, end)
+            .map_err(|e| format!("after a failed read: {e}"))
+    }
+
+    /// fsync or fdatasync of file `f` through a new handle.
+    fn fsync(&self, f: usize, datasync: bool) -> extentfs::Result<()> {
+        let fh = self.fs.open(self.inos[f])?;
+        let synced = self.fs.fsync(&fh, datasync);
+        let closed = self.fs.release(fh);
+        synced.and(closed)
     }
 
     fn finish(self) -> Checked {
@@ -895,6 +1265,13 @@ fn expect_einval(res: extentfs::Result<()>, ok: bool, what: &str) -> Checked<boo
         Err(e) if !ok => Err(format!("{what} failed with {e}, expected EINVAL")),
         Err(e) => Err(format!("{what} failed unexpectedly: {e}")),
     }
+}
+
+/// Where a whole block of the device's canary starts in `buf`, if one does.
+fn canary_run(buf: &[u8], bs: u64) -> Option<usize> {
+    buf.chunks(bs as usize)
+        .position(|c| c.len() == bs as usize && c.iter().all(|&b| b == CANARY))
+        .map(|i| i * bs as usize)
 }
 
 fn grow(o: &mut Vec<u8>, end: u64) {
@@ -966,7 +1343,7 @@ pub fn shrink(
                     ops = candidate;
                     failure = f;
                 }
-                Ok(()) => i += chunk,
+                Ok(_) => i += chunk,
             }
         }
         if chunk == 1 {

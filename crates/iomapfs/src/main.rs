@@ -16,7 +16,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    init_logging();
+    init_logging(args.quiet());
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -26,11 +26,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` chooses what (default: info for our crates).
-fn init_logging() {
+/// Logs go to stderr through `tracing`; `RUST_LOG` chooses what (default: info for our crates,
+/// nothing when `quiet`).
+fn init_logging(quiet: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("iomapfs=info,extentfs=info,iomap=warn,fuser=error"));
+    let default = if quiet {
+        "off"
+    } else {
+        "iomapfs=info,extentfs=info,iomap=warn,fuser=error"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

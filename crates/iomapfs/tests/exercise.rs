@@ -1,11 +1,13 @@
 //! `iomapfs exercise`: short seeded runs pass and print their totals, a seed replays the
-//! same run, bad options are refused, and a corrupted model is caught and shrunk.
+//! same run, bad options are refused, device faults are checked for being reported, and a
+//! corrupted model or a device that loses writes is caught.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::run;
+use iomapfs::exercise::{run_ops, Config, Fault, FaultKind, Op};
 
 fn totals_line(out: &str) -> &str {
     out.lines()
@@ -86,11 +88,76 @@ fn a_bad_block_size_is_a_usage_error() {
     );
 }
 
+/// The numbers in the line that starts with `prefix`.
+fn numbers_after(out: &str, prefix: &str) -> Vec<usize> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"));
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
 #[test]
-fn faults_are_refused_until_supported() {
-    let (st, out) = run(&["exercise", "--ops", "10", "--faults"]);
-    assert!(!st.success(), "{out}");
-    assert!(out.contains("--faults is not supported yet"), "{out}");
+fn a_run_with_device_faults_and_crashes_checks_that_failures_are_reported() {
+    let args = [
+        "exercise",
+        "--ops",
+        "1500",
+        "--seed",
+        "16",
+        "--faults",
+        "--crash",
+        "--block-size",
+        "1024",
+    ];
+    let out = assert_passes(&args, 1500, 16);
+    let n = numbers_after(&out, "device faults: ");
+    // [writes or flushes failed, fsyncs that reported, shutdowns, reads failed, EIO reads]
+    assert_eq!(n.len(), 5, "{out}");
+    assert!(
+        n[0] > 0 && n[1] > 0,
+        "no write fault was injected and reported:\n{out}"
+    );
+    assert!(n[3] > 0, "no read fault was injected:\n{out}");
+    assert!(
+        numbers_after(&out, "power cuts recovered: ")[0] > 0,
+        "{out}"
+    );
+}
+
+#[test]
+fn a_write_the_device_acknowledges_and_loses_fails_the_run() {
+    let cfg = Config {
+        faults: true,
+        ..Config::default()
+    };
+    let lost = Fault {
+        flush: false,
+        nth: 1,
+        times: 1,
+        kind: FaultKind::Lost,
+    };
+    let ops = [
+        Op::Write {
+            f: 0,
+            pos: 0,
+            len: 65536,
+            seed: 1,
+        },
+        Op::WriteFault {
+            f: Some(0),
+            fault: lost,
+        },
+    ];
+    let failure = run_ops(&cfg, &ops, &mut || {}).expect_err("a lost write went unnoticed");
+    assert_eq!(failure.at, Some(1));
+    assert!(
+        failure.what.contains("no fsync reported it"),
+        "{}",
+        failure.what
+    );
 }
 
 #[test]

@@ -11,17 +11,13 @@ use super::{CliError, ExerciseArgs};
 use crate::size::human;
 
 pub fn run(a: ExerciseArgs) -> Result<ExitCode, CliError> {
-    if a.faults {
-        return Err(CliError::Usage(
-            "--faults is not supported yet: device-fault operations are not implemented".into(),
-        ));
-    }
     let cfg = Config {
         block_size: a.block_size,
         max_folio_bytes: a.max_folio,
         cache_bytes: a.cache_size,
         files: usize::from(a.files),
         crash: a.crash,
+        faults: a.faults,
     };
     cfg.validate().map_err(CliError::Usage)?;
     let seed = a.seed.unwrap_or_else(seed_from_time);
@@ -42,7 +38,12 @@ pub fn run(a: ExerciseArgs) -> Result<ExitCode, CliError> {
         human(u64::from(cfg.block_size)),
         human(cfg.max_folio_bytes),
         human(cfg.cache_bytes),
-        if cfg.crash { ", with crashes" } else { "" }
+        match (cfg.crash, cfg.faults) {
+            (true, true) => ", with crashes and device faults",
+            (true, false) => ", with crashes",
+            (false, true) => ", with device faults",
+            (false, false) => "",
+        }
     );
 
     let bar = ProgressBar::new(ops.len() as u64).with_style(
@@ -53,12 +54,22 @@ pub fn run(a: ExerciseArgs) -> Result<ExitCode, CliError> {
     bar.finish_and_clear();
 
     let failure = match result {
-        Ok(()) => {
+        Ok(t) => {
             let words: Vec<String> = counts(&ops)
                 .iter()
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
             println!("{}", words.join(", "));
+            if cfg.faults {
+                println!(
+                    "device faults: {} writes or flushes failed, reported by {} fsyncs, {} \
+                     shutdowns recovered; {} reads failed, {} returned EIO",
+                    t.write_faults, t.reported, t.shutdowns, t.read_faults, t.read_errors
+                );
+            }
+            if cfg.crash {
+                println!("power cuts recovered: {}", t.crashes);
+            }
             println!("{} operations passed, 0 failed (seed {seed})", ops.len());
             return Ok(ExitCode::SUCCESS);
         }

@@ -152,7 +152,8 @@ pub struct ExerciseArgs {
     /// Also cut the power, after a sync and without one, and check what recovery keeps.
     #[arg(long)]
     pub crash: bool,
-    /// Also inject device faults (not supported yet).
+    /// Also make device writes, flushes and reads fail, and check that every failure is
+    /// reported to fsync and that nothing unreported is lost.
     #[arg(long)]
     pub faults: bool,
     /// For tests of failure reporting: corrupt the model at this operation.
@@ -225,6 +226,14 @@ impl CliError {
     fn fs(context: impl Into<String>) -> impl FnOnce(extentfs::Error) -> CliError {
         let context = context.into();
         move |source| CliError::Fs { context, source }
+    }
+}
+
+impl Cli {
+    /// Whether the subcommand's own output says everything: the exercise injects the errors
+    /// the file system would log, so by default it logs nothing.
+    pub fn quiet(&self) -> bool {
+        matches!(self.command, Command::Exercise(_))
     }
 }
 
