@@ -205,21 +205,16 @@ pub fn both<T>(
 pub struct Progress {
     bar: ProgressBar,
     stop: Arc<AtomicBool>,
-    quiet: bool,
 }
 
 impl Progress {
-    fn new(steps: u64, stop: Arc<AtomicBool>, quiet: bool) -> Result<Self> {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr())
-        };
+    fn new(steps: u64, stop: Arc<AtomicBool>) -> Result<Self> {
+        let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
                 .context(|| "progress bar template")?,
         );
-        Ok(Self { bar, stop, quiet })
+        Ok(Self { bar, stop })
     }
 
     fn check(&self) -> Result<()> {
@@ -265,9 +260,14 @@ impl Progress {
 
     /// A line on stderr above the bar.
     pub fn log(&self, line: impl Display) {
-        if !self.quiet {
-            self.bar.suspend(|| eprintln!("{line}"));
-        }
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+}
+
+impl Drop for Progress {
+    /// A failed run's message is printed after this, on a clean line.
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -382,10 +382,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal stops the run at the next measurement, so that it cleans up; a
+        // second one ends the process at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .context(|| "catch signals")?;
         signal_hook::flag::register(sig, Arc::clone(&stop)).context(|| "catch signals")?;
     }
     let steps = cases.iter().map(|c| c.steps(rounds as u64)).sum();
-    let progress = Progress::new(steps, stop, false)?;
+    let progress = Progress::new(steps, stop)?;
     let cfg = Config {
         dir: scratch.0.clone(),
         rounds,
@@ -415,13 +419,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             Case::Fuse => match fuse::missing() {
                 Some(reason) => {
                     progress.log(format!("fuse: skipped: {reason}"));
+                    progress.done(case.steps(rounds as u64))?;
                     skipped.push((case, reason));
                 }
                 None => rows.extend(fuse::run(&cfg, &progress)?),
             },
         }
     }
-    progress.bar.finish_and_clear();
+    drop(progress);
     machine.load_after = load_average();
     let run = Run {
         command: std::iter::once("iomapfs".to_string())

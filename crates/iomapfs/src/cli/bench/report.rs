@@ -57,8 +57,9 @@ pub fn table(run: &Run) -> String {
         let rounds: Vec<String> = r.round_ratios().iter().map(|x| format!("{x:.2}")).collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} (`{}`) | {} | {} | {} ({}) | {} | {} | {} | {} |",
             r.workload,
+            r.case.name(),
             r.threads,
             r.unit.show(r.engine_median()),
             r.unit.show(r.base_median()),
@@ -124,6 +125,7 @@ pub fn json(run: &Run) -> Value {
                 "baseline_rounds": r.base,
                 "spread": r.spread(),
                 "target": r.target.map(|t| t.show()),
+                "target_ratio": r.target.map(|t| t.ratio),
                 "met": r.met(),
                 "notes": r.notes,
             })
