@@ -128,6 +128,32 @@ fn a_run_with_device_faults_and_crashes_checks_that_failures_are_reported() {
 }
 
 #[test]
+fn a_run_on_four_threads_with_crashes_and_faults_passes() {
+    let args = [
+        "exercise",
+        "--ops",
+        "2000",
+        "--seed",
+        "17",
+        "--threads",
+        "4",
+        "--files",
+        "8",
+        "--crash",
+        "--faults",
+    ];
+    let out = assert_passes(&args, 2000, 17);
+    assert!(out.contains("8 files by 4 threads"), "{out}");
+}
+
+#[test]
+fn more_threads_than_files_is_a_usage_error() {
+    let (st, out) = run(&["exercise", "--threads", "5", "--files", "4"]);
+    assert!(!st.success(), "{out}");
+    assert!(out.contains("no more than files"), "{out}");
+}
+
+#[test]
 fn a_write_the_device_acknowledges_and_loses_fails_the_run() {
     let cfg = Config {
         faults: true,

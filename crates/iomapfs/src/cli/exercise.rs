@@ -18,6 +18,7 @@ pub fn run(a: ExerciseArgs) -> Result<ExitCode, CliError> {
         files: usize::from(a.files),
         crash: a.crash,
         faults: a.faults,
+        threads: usize::from(a.threads),
     };
     cfg.validate().map_err(CliError::Usage)?;
     let seed = a.seed.unwrap_or_else(seed_from_time);
@@ -32,9 +33,13 @@ pub fn run(a: ExerciseArgs) -> Result<ExitCode, CliError> {
         *slot = Op::CorruptOracle { f: 0 };
     }
     println!(
-        "exercise: seed {seed}, {} operations on {} files, {} blocks, folios up to {}, cache {}{}",
+        "exercise: seed {seed}, {} operations on {} files{}, {} blocks, folios up to {}, cache {}{}",
         ops.len(),
         cfg.files,
+        match cfg.threads {
+            1 => String::new(),
+            t => format!(" by {t} threads"),
+        },
         human(u64::from(cfg.block_size)),
         human(cfg.max_folio_bytes),
         human(cfg.cache_bytes),

@@ -156,6 +156,10 @@ pub struct ExerciseArgs {
     /// reported to fsync and that nothing unreported is lost.
     #[arg(long)]
     pub faults: bool,
+    /// Threads running the operations on files at once, each on the files it owns (no more
+    /// than --files); operations on the whole file system run alone between.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub threads: u16,
     /// For tests of failure reporting: corrupt the model at this operation.
     #[arg(long, hide = true)]
     pub inject_mismatch_at: Option<usize>,
