@@ -1,4 +1,5 @@
-//! Operation lists the exercise's runs found failing, kept as tests once fixed.
+//! Operation lists the exercise found failing (in the file system or in the checker itself),
+//! kept as tests once fixed.
 
 use iomapfs::exercise::{run_ops, Config, Fault, FaultKind, Op};
 
@@ -73,6 +74,63 @@ fn regression_blocks_cloned_past_the_logged_size_are_not_left_past_eof_by_recove
             pos: 3186340,
             len: 246292,
             keep_size: false,
+        },
+    ];
+    must_pass(&cfg, &ops);
+}
+
+#[test]
+fn regression_a_read_that_fails_part_way_may_return_the_bytes_before_the_failure() {
+    // The read's first block was cached and its second was not: the engine returned the
+    // cached bytes, as Linux's read does, and the checker had expected all or EIO.
+    let cfg = Config {
+        block_size: 1024,
+        crash: true,
+        faults: true,
+        ..Config::default()
+    };
+    let ops = [
+        Op::Write {
+            f: 0,
+            pos: 1962748,
+            len: 23545,
+            seed: 4791517260597774739,
+        },
+        Op::Write {
+            f: 2,
+            pos: 136341,
+            len: 2944,
+            seed: 45524949048607800,
+        },
+        Op::WriteFault {
+            f: Some(2),
+            fault: Fault {
+                flush: false,
+                nth: 1,
+                times: 1,
+                kind: FaultKind::Short { bytes: 252118 },
+            },
+        },
+        Op::MappedWrite {
+            f: 0,
+            pos: 1032289,
+            len: 680,
+            seed: 2983536844732133391,
+        },
+        Op::DropCaches,
+        Op::CopyFileRange {
+            src: 0,
+            soff: 36859,
+            dst: 3,
+            doff: 733956,
+            len: 111411,
+        },
+        Op::ReadFault {
+            f: 0,
+            pos: 148383,
+            len: 166,
+            nth: 1,
+            drop: false,
         },
     ];
     must_pass(&cfg, &ops);

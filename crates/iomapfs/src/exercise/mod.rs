@@ -138,8 +138,8 @@ pub enum Op {
     /// fsync reports nothing reads back exactly, from the device.
     WriteFault { f: Option<usize>, fault: Fault },
     /// Reads a range while the device fails the `nth` read from now (`drop`: with the cache
-    /// dropped first, so the read reaches the device): the read either returns the right
-    /// bytes or EIO, and once the device works again it returns the right bytes.
+    /// dropped first, so the read reaches the device): the read returns the right bytes, or
+    /// fewer of them (short), or EIO, and once the device works again all the right bytes.
     ReadFault {
         f: usize,
         pos: u64,
@@ -636,7 +636,7 @@ pub struct Tally {
     pub shutdowns: usize,
     /// Device reads failed.
     pub read_faults: usize,
-    /// Reads that returned EIO for them.
+    /// Reads that returned EIO or came up short for them.
     pub read_errors: usize,
     /// Power cuts, each followed by recovery.
     pub crashes: usize,
