@@ -166,6 +166,28 @@ pub fn rss() -> Result<u64> {
         .ok_or_else(|| fail("no VmRSS line in /proc/self/status"))
 }
 
+/// `v` rounded, with thousands separated by commas.
+pub fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A size in GiB when it is whole GiB, else in MiB.
+pub fn size_words(bytes: u64) -> String {
+    if bytes >= GIB && bytes % GIB == 0 {
+        format!("{} GiB", bytes / GIB)
+    } else {
+        format!("{} MiB", bytes / MIB)
+    }
+}
+
 /// The median of `v` (the mean of the middle two for an even count); 0 for none.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::data::MIB;
+use super::data::{size_words, MIB};
 use super::row::{Row, Unit};
 use super::{both, fail, Case, Config, Context, Progress, Result};
 
@@ -40,8 +40,8 @@ impl Job {
         let (what, unit) = match self {
             Job::SeqWrite => (
                 format!(
-                    "fio through FUSE: 1 MiB sequential write of {} MiB, + fsync",
-                    file / MIB
+                    "fio through FUSE: 1 MiB sequential write of {}, + fsync",
+                    size_words(file)
                 ),
                 Unit::BytesPerSec,
             ),

@@ -22,7 +22,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::data::{
-    create_direct, direct_device, open_direct, pattern_into, rss, BLOCK, CHUNK, GIB, MIB,
+    create_direct, direct_device, open_direct, pattern_into, rss, size_words, BLOCK, CHUNK, GIB,
+    MIB,
 };
 use super::row::{Row, Target, Unit};
 use super::{both, fail, Case, CliError, Config, Context, Progress, Result, Sizes};
@@ -157,9 +158,9 @@ pub fn cold_read(cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
     let mut row = Row::new(
         Case::ColdRead,
         format!(
-            "cold sequential read of {} MiB, 1 MiB reads, {} MiB budget",
-            s.cold_file / MIB,
-            s.cold_budget / MIB
+            "cold sequential read of {}, 1 MiB reads, {} budget",
+            size_words(s.cold_file),
+            size_words(s.cold_budget)
         ),
         Unit::BytesPerSec,
         "O_DIRECT 1 MiB reads",
@@ -181,14 +182,14 @@ pub fn cold_read(cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
 
 /// The rows of a case measured in a fresh process, figures to come.
 pub fn isolated_rows(case: Case, s: &Sizes) -> Vec<Row> {
-    const STRUCT_PAGE: &str = "the kernel's struct page, 64 B per 4 KiB (a constant)";
+    const STRUCT_PAGE: &str = "the kernel's struct page: 64 B per 4 KiB page, a constant";
     match case {
         Case::DirtyMemory => vec![Row::new(
             case,
             format!(
-                "resident memory growth writing {} MiB through a {} MiB budget",
-                4 * s.dirty_budget / MIB,
-                s.dirty_budget / MIB
+                "resident memory growth writing {} through a {} budget",
+                size_words(4 * s.dirty_budget),
+                size_words(s.dirty_budget)
             ),
             Unit::Bytes,
             "the budget",

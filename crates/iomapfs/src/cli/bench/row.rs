@@ -4,7 +4,7 @@
 //! A row's ratio is the median of the engine's rounds over the median of the baseline's;
 //! the per-round ratios (each round's two sides ran back to back) show how noisy it was.
 
-use super::data::{median, GIB, MIB};
+use super::data::{median, thousands, GIB, MIB};
 use super::Case;
 
 /// What a figure counts.
@@ -47,19 +47,6 @@ impl Unit {
             Unit::BytesPerCachedGib => format!("{:.1} MiB per GiB", v / mib),
         }
     }
-}
-
-/// `v` rounded, with thousands separated by commas.
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Whether a larger ratio is better (throughput) or a smaller one (requests, memory).

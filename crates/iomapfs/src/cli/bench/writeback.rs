@@ -26,7 +26,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::data::{
-    check_samples, create_direct, direct_device, open_direct, pattern_into, BLOCK, CHUNK, GIB, MIB,
+    check_samples, create_direct, direct_device, open_direct, pattern_into, size_words, thousands,
+    BLOCK, CHUNK, MIB,
 };
 use super::row::{Row, Target, Unit};
 use super::{both, fail, Case, Config, Context, Progress, Result};
@@ -211,14 +212,6 @@ pub fn sequential(cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
     Ok(vec![row])
 }
 
-fn size_words(bytes: u64) -> String {
-    if bytes >= GIB && bytes % GIB == 0 {
-        format!("{} GiB", bytes / GIB)
-    } else {
-        format!("{} MiB", bytes / MIB)
-    }
-}
-
 /// The fewest write requests that carry the dirty `blocks` (sorted): one per run of adjacent
 /// blocks, each run cut at the device's largest request. Also the number of runs.
 fn minimal_requests(blocks: &[u64], max_request: u64) -> (Vec<(u64, u64)>, u64) {
@@ -282,7 +275,8 @@ pub fn merge(cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
     let mut requests = Row::new(
         Case::Merge,
         format!(
-            "write requests for {count} random dirty 4 KiB blocks in {}",
+            "write requests for {} random dirty 4 KiB blocks in {}",
+            thousands(count as f64),
             size_words(size)
         ),
         Unit::Requests,
@@ -291,7 +285,10 @@ pub fn merge(cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
     .target(Target::at_most(1.0));
     let mut speed = Row::new(
         Case::Merge,
-        format!("writeback of those {count} blocks, + flush"),
+        format!(
+            "writeback of those {} blocks, + flush",
+            thousands(count as f64)
+        ),
         Unit::BytesPerSec,
         "O_DIRECT replay of the fewest requests, + fdatasync",
     );
