@@ -6,14 +6,15 @@
 # UringDevice against fio's io_uring engine, FileDevice against fio's psync engine: 4 KiB
 # random reads and 1 MiB sequential writes; and, for reference, the plainest single-thread
 # io-uring loop against fio's 4 KiB random reads, all O_DIRECT, the two sides alternating round by
-# round (and which goes first alternating too) so that a change in the machine's load hits both. Each figure is the median of the
-# rounds; each ratio is ours over fio's.
+# round (and which goes first alternating too) so that a change in the machine's load hits both.
+# Each figure is the median of the rounds; the ratio is ours over fio's, of the medians, then
+# each round's (its two sides ran back to back) and their median.
 #
 # Knobs: BENCH_FILE (default target/bench-data/devices.img; must be on a file system with
 # O_DIRECT, not tmpfs), BENCH_FILE_GB (4), BENCH_SECS (3 per round and side), BENCH_ROUNDS (5),
 # BENCH_KEEP=1 keeps the file, BENCH_ONLY="uring-randread file-seqwrite ..." runs only the
-# named cases (uring-randread, uring-poll-randread, raw-randread, uring-seqwrite,
-# file-randread, file-seqwrite).
+# named cases (uring-randread, uring-poll-randread, raw-randread, raw-each-randread,
+# uring-seqwrite, file-randread, file-seqwrite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,7 +70,8 @@ run_case() { # name metric(1=iops,2=bytes) ours-args -- fio-args
             results[$name.fio]+=" $(theirs "${fio_args[@]}" | cut -d' ' -f"$metric")"
             results[$name.ours]+=" $(ours "${ours_args[@]}" | cut -d' ' -f"$metric")"
         fi
-        echo "$name round $r: ours${results[$name.ours]##* } fio${results[$name.fio]##* }" >&2
+        echo "$name round $r: ours${results[$name.ours]##* } fio${results[$name.fio]##* }" \
+            "(load average $(cut -d' ' -f1 /proc/loadavg))" >&2
     done
 }
 
@@ -78,6 +80,8 @@ run_case uring-randread 1 uring randread --depth 32 -- \
 run_case uring-poll-randread 1 uring randread --depth 32 --poll -- \
     --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
 run_case raw-randread 1 raw-uring randread --depth 32 -- \
+    --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
+run_case raw-each-randread 1 raw-uring randread --depth 32 --each -- \
     --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
 run_case uring-seqwrite 2 uring seqwrite --depth 8 -- \
     --ioengine=io_uring --rw=write --bs=1M --iodepth=8
@@ -92,7 +96,8 @@ python3 - "$ROUNDS" "$SECS" \
     "${results[file-randread.ours]:-}" "${results[file-randread.fio]:-}" \
     "${results[file-seqwrite.ours]:-}" "${results[file-seqwrite.fio]:-}" \
     "${results[raw-randread.ours]:-}" "${results[raw-randread.fio]:-}" \
-    "${results[uring-poll-randread.ours]:-}" "${results[uring-poll-randread.fio]:-}" <<'EOF'
+    "${results[uring-poll-randread.ours]:-}" "${results[uring-poll-randread.fio]:-}" \
+    "${results[raw-each-randread.ours]:-}" "${results[raw-each-randread.fio]:-}" <<'EOF'
 import statistics, sys
 rounds, secs = sys.argv[1], sys.argv[2]
 v = [list(map(float, a.split())) for a in sys.argv[3:]]
@@ -103,17 +108,21 @@ rows = [
     ("FileDevice vs fio psync", "1 MiB sequential write, 1 thread", "MiB/s", 0.95),
     ("plain io-uring loop vs fio io_uring", "4 KiB random read, QD 32", "IOPS", None),
     ("UringDevice, polling, vs fio io_uring", "4 KiB random read, QD 32", "IOPS", 0.9),
+    ("plain io-uring loop, fio's pattern, vs fio io_uring", "4 KiB random read, QD 32", "IOPS",
+     None),
 ]
 print(f"O_DIRECT, {rounds} alternating rounds of {secs} s per side; medians.\n")
-print("| Device vs baseline | Workload | Ours | fio | Ratio (target) |")
-print("|---|---|---:|---:|---:|")
+print("| Device vs baseline | Workload | Ours | fio | Ratio (target) | Per round | Median of rounds |")
+print("|---|---|---:|---:|---:|---|---:|")
 for i, (who, what, unit, target) in enumerate(rows):
     if not v[2 * i]:
         continue  # left out with BENCH_ONLY
     ours, fio = statistics.median(v[2 * i]), statistics.median(v[2 * i + 1])
     scale = 1 if unit == "IOPS" else 1 / (1 << 20)
+    per_round = [a / b for a, b in zip(v[2 * i], v[2 * i + 1])]
     print(f"| {who} | {what} | {ours * scale:,.0f} {unit} | {fio * scale:,.0f} {unit} "
-          f"| {ours / fio:.2f}×" + (f" (≥ {target}×) |" if target else " (no target) |"))
+          f"| {ours / fio:.2f}×" + (f" (≥ {target}×)" if target else " (no target)")
+          + f" | {' '.join(f'{r:.2f}' for r in per_round)} | {statistics.median(per_round):.2f}× |")
 EOF
 
 [ "${BENCH_KEEP:-0}" = 1 ] || rm -f "$FILE"

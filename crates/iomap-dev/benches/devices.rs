@@ -14,6 +14,10 @@
 //!   --poll        poll for completions instead of sleeping (`DeviceOptions::poll`; for
 //!                 raw-uring, the loop enters the kernel without waiting, as fio does)
 //!   --sync        one request at a time from the main thread (submit and wait), for latency
+//!   --each        raw-uring only: submit each new read at once, in an entry that also runs the
+//!                 deferred completion work, and sleep only when no completion is there (fio's
+//!                 pattern, and `UringDevice`'s); without it the loop handles every completion
+//!                 of a wake-up before submitting their successors in one entry
 //! ```
 //!
 //! Prints one line: `iops=… bytes_per_sec=… requests=… secs=…`. Each request in flight is a
@@ -50,6 +54,7 @@ struct Args {
     direct: bool,
     sync: bool,
     poll: bool,
+    each: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -81,6 +86,7 @@ fn parse() -> Result<Args, String> {
         direct: true,
         sync: false,
         poll: false,
+        each: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -94,6 +100,7 @@ fn parse() -> Result<Args, String> {
             "--buffered" => args.direct = false,
             "--sync" => args.sync = true,
             "--poll" => args.poll = true,
+            "--each" => args.each = true,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -258,7 +265,7 @@ fn sync_loop(run: &Run, args: &Args) -> ExitCode {
 }
 
 /// The plainest io_uring loop: one thread, one ring with deferred task work, `depth` reads of
-/// `bs` bytes into one buffer each, every completion replaced by a new read at once.
+/// `bs` bytes into one buffer each, every completion replaced by a new read.
 fn raw_uring(args: &Args) -> ExitCode {
     use io_uring::{opcode, types, IoUring};
     use std::os::unix::fs::OpenOptionsExt;
@@ -308,7 +315,15 @@ fn raw_uring(args: &Args) -> ExitCode {
     let mut requests = 0u64;
     let mut done = Vec::with_capacity(args.depth);
     while start.elapsed().as_secs_f64() < args.secs {
-        let waited = if args.poll {
+        let waited = if args.each {
+            // Each new read went to the kernel as it was pushed (below); sleep only when those
+            // entries collected no completion.
+            if ring.completion().is_empty() {
+                ring.submit_and_wait(1)
+            } else {
+                Ok(0)
+            }
+        } else if args.poll {
             // As fio does: enter without waiting (which runs the deferred completion work)
             // until a completion shows up.
             loop {
@@ -336,6 +351,12 @@ fn raw_uring(args: &Args) -> ExitCode {
             }
             requests += 1;
             push(&mut ring, slot as usize, &mut rng);
+            if args.each {
+                // As fio does: submit at once, and run the deferred completion work (posting
+                // what completed meanwhile) without waiting.
+                // SAFETY: no argument structure; 1 is IORING_ENTER_GETEVENTS.
+                let _ = unsafe { ring.submitter().enter::<libc::sigset_t>(1, 0, 1, None) };
+            }
         }
     }
     let secs = start.elapsed().as_secs_f64();
