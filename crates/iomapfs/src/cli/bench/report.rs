@@ -6,6 +6,7 @@ use std::path::Path;
 
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{json, Value};
 
 use super::data::GIB;
@@ -164,9 +165,9 @@ const MET: RGBColor = RGBColor(46, 139, 87);
 const MISSED: RGBColor = RGBColor(205, 92, 60);
 const NO_TARGET: RGBColor = RGBColor(90, 120, 170);
 
-/// A horizontal bar a row, its length the ratio on a log scale, green where the target is
-/// met, red where it is missed, blue where there is none; the 1.0 line and each row's target
-/// marked.
+/// A horizontal bar a row from 1.0 to its ratio on a log scale (rightwards above 1.0, leftwards
+/// below), green where the target is met, red where it is missed, blue where there is none;
+/// the 1.0 line and each row's target marked.
 pub fn svg(path: &Path, rows: &[Row]) -> Result<()> {
     let what = || format!("draw {}", path.display());
     let n = rows.len().max(1);
@@ -205,7 +206,13 @@ pub fn svg(path: &Path, rows: &[Row]) -> Result<()> {
             SegmentValue::CenterOf(i) => labels.get(n - 1 - *i).cloned().unwrap_or_default(),
             _ => String::new(),
         })
-        .x_label_formatter(&|x| format!("{x}x"))
+        .x_label_formatter(&|&x| {
+            if x < 1.0 {
+                format!("1/{:.0}x", 1.0 / x)
+            } else {
+                format!("{x}x")
+            }
+        })
         .label_style(("sans-serif", 12))
         .draw()
         .context(what)?;
@@ -221,7 +228,7 @@ pub fn svg(path: &Path, rows: &[Row]) -> Result<()> {
         (ratio.is_finite() && ratio > 0.0).then(|| {
             let mut bar = Rectangle::new(
                 [
-                    (lo, SegmentValue::Exact(i)),
+                    (1.0, SegmentValue::Exact(i)),
                     (ratio, SegmentValue::Exact(i + 1)),
                 ],
                 color.filled(),
@@ -235,11 +242,14 @@ pub fn svg(path: &Path, rows: &[Row]) -> Result<()> {
         .draw_series(rows.iter().enumerate().filter_map(|(i, r)| {
             let (i, ratio) = (slot(i), r.ratio());
             (ratio.is_finite() && ratio > 0.0).then(|| {
-                Text::new(
-                    show_ratio(ratio),
-                    (ratio * 1.03, SegmentValue::CenterOf(i)),
-                    ("sans-serif", 12),
-                )
+                // The figure just past the bar's far end.
+                let (at, side) = if ratio >= 1.0 {
+                    (ratio * 1.02, HPos::Left)
+                } else {
+                    (ratio / 1.02, HPos::Right)
+                };
+                let style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(side, VPos::Center));
+                Text::new(show_ratio(ratio), (at, SegmentValue::CenterOf(i)), style)
             })
         }))
         .context(what)?;
