@@ -377,7 +377,10 @@ impl Harness {
                 }
                 let folio = fs.page_mkwrite(self.inos[f], pos).unwrap();
                 let off = (pos - folio.pos()) as usize;
-                let n = (len as usize).min(folio.len().saturating_sub(off));
+                // The folio is writable to the end of the page holding EOF; the model keeps
+                // to the file.
+                let inside = (size - folio.pos()).min(folio.len() as u64) as usize;
+                let n = (len as usize).min(inside.saturating_sub(off));
                 let data = pattern(n, seed);
                 folio.write(off, &data).unwrap();
                 drop(folio);

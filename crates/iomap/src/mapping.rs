@@ -153,14 +153,46 @@ impl Mapping {
     }
 
     /// Sets the file size. Shrinking does not drop cached data; see [`Mapping::truncate_to`].
+    /// Growing zeroes what the folio holding the old end of file caches past it (see
+    /// [`Mapping::size_extended`]). The caller holds no folio lock.
     pub fn set_size(&self, size: u64) {
-        self.size.store(size, Ordering::Release);
+        let old = self.size.swap(size, Ordering::AcqRel);
+        if old < size {
+            self.size_extended(old, size);
+        }
     }
 
-    /// Raises the file size to `end` if it is smaller; true when it grew.
-    pub(crate) fn grow_size(&self, end: u64) -> bool {
+    /// Raises the file size to `end` if it is smaller; the old size when it grew.
+    pub(crate) fn grow_size(&self, end: u64) -> Option<u64> {
         // Overwrites never grow the file: keep them from writing the line every reader loads.
-        self.size.load(Ordering::Acquire) < end && self.size.fetch_max(end, Ordering::AcqRel) < end
+        if self.size.load(Ordering::Acquire) >= end {
+            return None;
+        }
+        let old = self.size.fetch_max(end, Ordering::AcqRel);
+        (old < end).then_some(old)
+    }
+
+    /// After the file grew from `from`, zeroes `[from, to)` in the folio that held the old end
+    /// of file, if it is cached: the kernel's `pagecache_isize_extended`. A shared mapping
+    /// maps whole pages, so a store through it can put bytes past the end of file into that
+    /// folio, which writeback would zero but growing the file would make file data. Waits for
+    /// the folio's writeback, and takes its lock: the caller must not hold it.
+    pub fn size_extended(&self, from: u64, to: u64) {
+        let Some(folio) = self.find_folio(from) else {
+            return;
+        };
+        if folio.pos() == from {
+            return;
+        }
+        let guard = folio.lock();
+        if guard.is_detached() || from <= guard.pos() || guard.end() <= from {
+            return;
+        }
+        guard.wait_writeback();
+        let hi = to.min(guard.end());
+        if from < hi {
+            guard.zero((from - guard.pos()) as usize, (hi - from) as usize);
+        }
     }
 
     /// The error sequence writeback errors are recorded in.

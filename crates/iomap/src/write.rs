@@ -227,12 +227,22 @@ fn write_iter(
         if written < copied {
             src.unread(&guard.data().read()[off + written..off + copied]);
         }
-        if written > 0 && mapping.grow_size(pos + written as u64) {
+        let grew_from = if written > 0 {
+            mapping.grow_size(pos + written as u64)
+        } else {
+            None
+        };
+        if grew_from.is_some() {
             it.mark_size_changed();
         }
         let newly_dirty = !was_dirty && guard.is_dirty();
         let folio_size = guard.size() as u64;
         drop(guard);
+        if let Some(old) = grew_from.filter(|&old| old < pos) {
+            // The gap between the old end of file and the write reads as zeros, whatever a
+            // store through a mapping left past the old end in the folio that held it.
+            mapping.size_extended(old, pos);
+        }
         if newly_dirty {
             mapping.cache().balance_dirty(folio_size);
         }
@@ -512,7 +522,9 @@ impl MkwriteFolio {
         self.guard.pos()
     }
 
-    /// Bytes of the folio inside the file, which may be written.
+    /// Bytes of the folio that may be written: up to the end of the page that holds the end
+    /// of the file, since a shared mapping maps whole pages. Bytes past the end of the file
+    /// are never written back or read; they are zeroed at writeback and when the file grows.
     pub fn len(&self) -> usize {
         self.writable
     }
@@ -567,11 +579,13 @@ pub fn page_mkwrite(mapping: &Mapping, ops: &dyn IomapOps, pos: u64) -> Result<M
         if guard.pos() >= size {
             return Err(Error::Fault(pos));
         }
-        let writable = (size - guard.pos()).min(guard.size() as u64) as usize;
+        let inside = (size - guard.pos()).min(guard.size() as u64) as usize;
+        let page = mapping.min_folio_size() as u64;
+        let writable = (size.div_ceil(page) * page - guard.pos()).min(guard.size() as u64) as usize;
         let (_, res) = IomapIter::new(
             ops,
             guard.pos(),
-            writable as u64,
+            inside as u64,
             IterFlags::WRITE | IterFlags::FAULT,
         )
         .with_alignment(mapping.block_size() as u64)
@@ -581,7 +595,7 @@ pub fn page_mkwrite(mapping: &Mapping, ops: &dyn IomapOps, pos: u64) -> Result<M
         });
         res?;
         let bs = guard.block_size();
-        mapping.mark_dirty(&guard, 0, writable.div_ceil(bs) * bs);
+        mapping.mark_dirty(&guard, 0, inside.div_ceil(bs) * bs);
         return Ok(MkwriteFolio { guard, writable });
     }
 }

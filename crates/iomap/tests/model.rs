@@ -354,6 +354,13 @@ fn apply_step(fs: &TestFs, model: &Model, step: Step) {
                     folio
                         .write((pos - folio.pos()) as usize, &pattern(n as usize, seed))
                         .unwrap();
+                    // A store past EOF in the page holding it: never to be read, nor to
+                    // show when the file grows.
+                    let (fpos, fend) = (folio.pos(), folio.pos() + folio.len() as u64);
+                    if fpos < size && size < fend {
+                        let past = vec![0xEE; (fend - size) as usize];
+                        folio.write((size - fpos) as usize, &past).unwrap();
+                    }
                 }
                 Err(e) => {
                     assert!(pos >= size, "mkwrite inside the file failed: {e}");
