@@ -135,3 +135,58 @@ fn regression_a_read_that_fails_part_way_may_return_the_bytes_before_the_failure
     ];
     must_pass(&cfg, &ops);
 }
+
+#[test]
+fn a_mapped_store_past_eof_never_shows_when_the_file_grows() {
+    // The store past EOF lands in blocks of the EOF page that lie wholly past EOF, which the
+    // mapped write does not dirty; growing the file must not expose it.
+    for block_size in [512, 1024, 4096] {
+        for grow in [
+            Op::Truncate { f: 0, size: 20000 },
+            Op::Write {
+                f: 0,
+                pos: 12000,
+                len: 10,
+                seed: 3,
+            },
+            Op::Fallocate {
+                f: 0,
+                pos: 9000,
+                len: 100,
+                keep_size: false,
+            },
+            Op::ZeroRange {
+                f: 0,
+                pos: 9000,
+                len: 100,
+                keep_size: false,
+            },
+        ] {
+            let cfg = Config {
+                block_size,
+                ..Config::default()
+            };
+            let ops = [
+                Op::Write {
+                    f: 0,
+                    pos: 0,
+                    len: 5000,
+                    seed: 1,
+                },
+                Op::MappedWrite {
+                    f: 0,
+                    pos: 4000,
+                    len: 100,
+                    seed: 2,
+                },
+                grow.clone(),
+                Op::Read {
+                    f: 0,
+                    pos: 4900,
+                    len: 4000,
+                },
+            ];
+            must_pass(&cfg, &ops);
+        }
+    }
+}

@@ -9,6 +9,9 @@ use rand::{RngCore, SeedableRng};
 
 use super::{Checked, Op, CANARY, MAX_FILE_BYTES, MAX_LEN_BYTES, MAX_RECOVERED_BYTES};
 
+/// What a mapped write stores past the end of the file: never to be read.
+static CANARY_PAST_EOF: [u8; 65536] = [CANARY; 65536];
+
 pub(super) fn fs_err(what: &str) -> impl FnOnce(extentfs::Error) -> String + '_ {
     move |e| format!("{what} failed unexpectedly: {e}")
 }
@@ -382,6 +385,15 @@ impl Lane {
             folio
                 .write((at - fpos) as usize, src)
                 .map_err(|e| format!("store into the folio at {fpos}: {e}"))?;
+            // A store past the end of the file into the page that holds it lands in the
+            // cache; it must never become visible, neither now nor when the file grows.
+            let size = self.size(f);
+            if fpos < size && size < fpos + flen {
+                let past = &CANARY_PAST_EOF[..(fpos + flen - size) as usize];
+                folio
+                    .write((size - fpos) as usize, past)
+                    .map_err(|e| format!("store past EOF into the folio at {fpos}: {e}"))?;
+            }
             at = upto;
         }
         put(&mut self.oracle[f], pos, &data);
