@@ -495,6 +495,15 @@ pub fn decode_checkpoint(
                 if d.u8()? != 0 {
                     let max = INLINE_MAX.min(sb.block_size as usize);
                     let data = d.bytes(max, "inline data")?;
+                    // The writer stores exactly the logged size; any other length would be
+                    // cut or padded by the next checkpoint, past what decoding accepts.
+                    if data.len() as u64 != attr.size {
+                        return Err(d.err(format!(
+                            "inode {ino} has size {} but {} bytes of inline data",
+                            attr.size,
+                            data.len()
+                        )));
+                    }
                     f.inline = Some(Arc::new(RwLock::new(data)));
                 } else {
                     let ne = d.count(25, "extents")?;

@@ -256,7 +256,8 @@ impl ExtentFs {
                     .map(|(&n, _)| n)
                     .collect()
             };
-            if !orphans.is_empty() {
+            let freed_orphans = !orphans.is_empty();
+            if freed_orphans {
                 info!(count = orphans.len(), "freeing files unlinked while open");
                 fs.shared.txn(|t| {
                     for ino in orphans {
@@ -264,6 +265,20 @@ impl ExtentFs {
                     }
                     Ok(())
                 })?;
+            }
+            if replayed.records > 0 || freed_orphans {
+                // A checkpoint this mount decoded and left alone round-trips by itself; a
+                // replayed log or freed orphans need checking before they are written.
+                let checked = {
+                    let log = fs.shared.log.lock();
+                    let st = fs.shared.state.lock();
+                    journal::check_checkpointable(&st.meta, &log.sb, &st.ckpt_blocks)
+                };
+                if let Err(e) = checked {
+                    // Dropping a mounted filesystem unmounts it, which would write the state.
+                    fs.abandon();
+                    return Err(e);
+                }
             }
             fs.shared.checkpoint(false)?;
             if let Some(every) = opts.commit_interval {

@@ -162,6 +162,13 @@ fn check_into(dev: &dyn BlockDevice, r: &mut Report) -> Result<()> {
         );
     }
     r.replay = journal::replay(dev, &sb, &mut meta)?;
+    if r.replay.records > 0 {
+        if let Err(Error::Corrupt { structure, detail }) =
+            journal::check_checkpointable(&meta, &sb, &ckpt_blocks)
+        {
+            r.problem(structure, detail);
+        }
+    }
     if sb.flags & format::SB_CLEAN == 0 || r.replay.records > 0 {
         r.notes.push(format!(
             "not cleanly unmounted: the log holds {} records ({} operations), applied at the next mount",

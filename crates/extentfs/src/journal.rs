@@ -509,27 +509,53 @@ pub(crate) fn replay(
             debug!(seq = h.seq, "log ends at a torn record");
             break;
         }
-        let mut d = Dec::new(&rec[HDR_LEN..HDR_LEN + h.payload_len], "log record");
-        let mut freed = Vec::new();
-        let mut unreserved = 0;
-        for _ in 0..h.nops {
-            let op = Op::decode(&mut d)?;
-            meta.apply(&op, &mut freed, &mut unreserved)?;
-            for (s, l) in freed.drain(..) {
-                meta.free
-                    .free(s, l)
-                    .map_err(|e| Error::corrupt("log record", e.to_string()))?;
-            }
-            stats.ops += 1;
-        }
-        if d.remaining() != 0 {
-            return Err(Error::corrupt(
-                "log record",
-                format!("record {} has {} bytes after its ops", h.seq, d.remaining()),
-            ));
-        }
+        stats.ops += apply_record(meta, &rec[HDR_LEN..HDR_LEN + h.payload_len], h.nops, h.seq)?;
         stats.records += 1;
         stats.blocks += nblocks;
     }
     Ok(stats)
+}
+
+/// Decodes the `nops` ops of record `seq`'s payload and applies them to `meta` as replay
+/// does, freeing the blocks they release; returns the ops applied. A payload that does not
+/// decode, leaves bytes after its ops, or holds an op that does not fit the state is corrupt.
+pub(crate) fn apply_record(meta: &mut Meta, payload: &[u8], nops: u32, seq: u64) -> Result<u64> {
+    let mut d = Dec::new(payload, "log record");
+    let mut freed = Vec::new();
+    let mut unreserved = 0;
+    for _ in 0..nops {
+        let op = Op::decode(&mut d)?;
+        meta.apply(&op, &mut freed, &mut unreserved)?;
+        for (s, l) in freed.drain(..) {
+            meta.free
+                .free(s, l)
+                .map_err(|e| Error::corrupt("log record", e.to_string()))?;
+        }
+    }
+    if d.remaining() != 0 {
+        return Err(Error::corrupt(
+            "log record",
+            format!("record {seq} has {} bytes after its ops", d.remaining()),
+        ));
+    }
+    Ok(u64::from(nops))
+}
+
+/// Checks that `meta` is a state a checkpoint can hold, by encoding and decoding it. Log
+/// records are only checked op by op as they replay, so intact records can still leave a
+/// state no checkpoint decodes (an entry naming a freed inode, a name such as `..`); a mount
+/// that wrote its checkpoint of such a state would leave an image no later mount accepts.
+pub(crate) fn check_checkpointable(
+    meta: &Meta,
+    sb: &Superblock,
+    ckpt_blocks: &[(u64, u64)],
+) -> Result<()> {
+    let body = format::encode_checkpoint(meta, ckpt_blocks);
+    match format::decode_checkpoint(&body, sb, ckpt_blocks) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::corrupt(
+            "log record",
+            format!("replaying the log leaves a state no checkpoint can hold: {e}"),
+        )),
+    }
 }

@@ -15,6 +15,8 @@ mod file;
 pub mod format;
 mod fs;
 pub mod fsck;
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 pub mod meta;
 mod ops;
