@@ -296,6 +296,7 @@ fn use_filesystem(fs: &ExtentFs, bs: u64) {
     if let Ok(st) = fs.create(ROOT_INO, b"fuzz-new", 0o644, 0, 0) {
         let _ = fs.write(st.ino, 0, &vec![0x5a; bs as usize + 1]);
     }
+    let _ = fs.statfs();
     let _ = fs.syncfs();
 }
 

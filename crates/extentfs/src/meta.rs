@@ -726,11 +726,15 @@ impl Meta {
         let bad = |detail: String| Error::corrupt("log record", detail);
         match op {
             Op::Create { ino, attr, target } => {
-                if *ino == 0 || self.inodes.contains_key(ino) {
+                // The next inode number must stay representable: u64::MAX is never an inode.
+                let Some(after) = ino.checked_add(1).filter(|_| *ino != 0) else {
+                    return Err(bad(format!("creates inode {ino}, out of range")));
+                };
+                if self.inodes.contains_key(ino) {
                     return Err(bad(format!("creates inode {ino}, which exists")));
                 }
                 self.inodes.insert(*ino, Inode::new(*attr, target.clone()));
-                self.next_ino = self.next_ino.max(ino + 1);
+                self.next_ino = self.next_ino.max(after);
             }
             Op::SetAttr { ino, attr } => {
                 let inode = self

@@ -258,6 +258,10 @@ impl ExtentFs {
                 return Err(Error::TooManyLinks(LINK_MAX));
             }
             let ino = t.meta().next_ino;
+            if ino == Ino::MAX {
+                // Refused before any op: an op failing part-way shuts the filesystem down.
+                return Err(Error::NoSpace);
+            }
             let mut attr = Attr::new(kind, perm, uid, gid);
             attr.rdev = rdev;
             if kind == FileType::Symlink {
@@ -682,7 +686,8 @@ impl ExtentFs {
             bfree: free.saturating_sub(st.reserved),
             bavail: st.available(),
             files: m.inodes.len() as u64,
-            ffree: u64::MAX / 2 - m.next_ino,
+            // A checkpoint may carry any next inode number, even one past the half.
+            ffree: (u64::MAX / 2).saturating_sub(m.next_ino),
             namelen: NAME_MAX as u32,
         }
     }

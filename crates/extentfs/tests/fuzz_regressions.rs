@@ -214,3 +214,66 @@ fn regression_log_entry_with_invalid_name() {
     let (dev, before, err) = mount_with_log_record(&fuzzing::encode_ops(&ops), 2);
     assert_refused(dev, &before, &err);
 }
+
+/// The `replay` target: an intact log record creating inode 2^64 - 1. Replay set the next
+/// inode number to one past it, which overflowed (a panic with overflow checks, a wrap to 0
+/// without). Now the op is refused as out of range and the mount with it.
+#[test]
+fn regression_log_creates_the_last_inode_number() {
+    let ops = [Op::Create {
+        ino: u64::MAX,
+        attr: Attr::new(FileType::File, 0o644, 0, 0),
+        target: Vec::new(),
+    }];
+    let (dev, before, err) = mount_with_log_record(&fuzzing::encode_ops(&ops), 1);
+    assert!(err.to_string().contains("out of range"), "{err}");
+    assert_refused(dev, &before, &err);
+}
+
+/// The `image` target: a checkpoint whose next inode number was 2^64 - 1 (the first eight
+/// bytes of its body set to 0xff). statfs subtracted it from 2^63 and panicked; creating a
+/// file would have logged an inode numbered 2^64 - 1, failed, and shut the filesystem down.
+/// Now statfs reports no free inodes and a create fails with ENOSPC, the filesystem alive.
+#[test]
+fn regression_next_inode_number_at_its_limit() {
+    // Replaying the creation of inode 2^64 - 2 leaves the next number at 2^64 - 1, as the
+    // damaged checkpoint did.
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    mkfs(Arc::clone(&dev), &MkfsOptions::default()).unwrap();
+    let sb = current_superblock(&*dev);
+    let last = u64::MAX - 1;
+    let ops = [
+        Op::Create {
+            ino: last,
+            attr: Attr::new(FileType::File, 0o644, 0, 0),
+            target: Vec::new(),
+        },
+        Op::DirAdd {
+            dir: ROOT_INO,
+            name: b"last".to_vec(),
+            ino: last,
+            kind: FileType::File,
+        },
+    ];
+    let bs = u64::from(sb.block_size);
+    let payload = fuzzing::encode_ops(&ops);
+    let rec = format::encode_log_record(&sb.uuid, sb.generation, 0, 2, &payload, bs as usize);
+    dev.write_at(DevAddr(sb.log_start * bs), &rec).unwrap();
+    let opts = MountOptions {
+        commit_interval: None,
+        ..MountOptions::default()
+    };
+    let fs = ExtentFs::mount(Arc::clone(&dev), opts.clone()).unwrap();
+    assert_eq!(fs.statfs().ffree, 0);
+    assert!(matches!(
+        fs.create(ROOT_INO, b"one-more", 0o644, 0, 0),
+        Err(Error::NoSpace)
+    ));
+    assert_eq!(fs.write(last, 0, b"still alive").unwrap(), 11);
+    fs.unmount().unwrap();
+    drop(fs);
+    let fs = ExtentFs::mount(dev, opts).unwrap();
+    let mut buf = [0u8; 11];
+    assert_eq!(fs.read(last, 0, &mut buf).unwrap(), 11);
+    assert_eq!(&buf, b"still alive");
+}
