@@ -1055,6 +1055,21 @@ impl ExtentFs {
         })
     }
 
+    /// Before a file grows from `old` by anything but a write over the gap: zeroes the tail
+    /// of the block holding the old end of file, and writes it back. That block can hold
+    /// bytes past the end (written before a crash that lost the size raise, say), and the
+    /// zeros must reach the disk before the size that would expose those bytes.
+    fn zero_eof_tail(&self, node: &Node, old: u64) -> Result<()> {
+        let bs = self.shared.bs;
+        if old % bs == 0 {
+            return Ok(());
+        }
+        iomap::truncate_page(&node.mapping, &*node.map, old)?;
+        let tail = old / bs * bs;
+        iomap::write_and_wait_range(&node.mapping, &node.wb, tail, tail + bs)?;
+        Ok(())
+    }
+
     /// `fallocate(2)` with `mode` made of `FALLOC_FL_*` bits.
     pub fn fallocate(&self, ino: Ino, mode: i32, offset: u64, len: u64) -> Result<()> {
         self.shared.check_live()?;
@@ -1152,6 +1167,9 @@ impl ExtentFs {
             return Ok(());
         }
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if !keep && end > size {
+            self.zero_eof_tail(&node, size)?;
+        }
         if zero {
             // Edges are zeroed in the cache; whole blocks become unwritten extents.
             self.punch(ino, &node, offset, end.min(size.max(offset)))?;
@@ -1360,6 +1378,9 @@ impl ExtentFs {
         let nblocks = len.div_ceil(bs);
         iomap::write_and_wait_range(&sn.mapping, &sn.wb, soff, soff + nblocks * bs)?;
         let dsize = dn.mapping.size();
+        if doff > dsize {
+            self.zero_eof_tail(&dn, dsize)?;
+        }
         drop_cached(&dn, doff, doff + nblocks * bs)?;
         let (sb, db) = (soff / bs, doff / bs);
         let now = Time::now();
