@@ -83,7 +83,8 @@ pub fn run(a: ExerciseArgs) -> Result<ExitCode, CliError> {
     report_failure(seed, &ops, &failure);
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let shrunk = shrink(&cfg, ops.clone(), &failure, &mut |s| {
+    let budget = Duration::from_secs(a.shrink_secs);
+    let shrunk = shrink(&cfg, ops.clone(), &failure, budget, &mut |s| {
         spinner.set_message(s.to_string())
     });
     spinner.finish_and_clear();

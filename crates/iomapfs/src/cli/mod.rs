@@ -160,6 +160,9 @@ pub struct ExerciseArgs {
     /// than --files); operations on the whole file system run alone between.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub threads: u16,
+    /// Seconds to spend shrinking a failing run (each try re-runs up to the failure).
+    #[arg(long, default_value_t = 300)]
+    pub shrink_secs: u64,
     /// For tests of failure reporting: corrupt the model at this operation.
     #[arg(long, hide = true)]
     pub inject_mismatch_at: Option<usize>,

@@ -1,5 +1,7 @@
 //! Shrinking a failing operation list by re-running parts of it.
 
+use std::time::{Duration, Instant};
+
 use super::{run_ops, Config, Failure, Op, SHRINK_ATTEMPTS};
 
 /// A shorter failing list, and how it fails.
@@ -11,15 +13,18 @@ pub struct Shrunk {
 }
 
 /// Removes chunks of the list (halves, quarters, ... single operations) while the run still
-/// fails, each try on a fresh file system, within `SHRINK_ATTEMPTS` runs. Any failure counts:
-/// a shrink that turns one mismatch into another is still a smaller failing list.
-/// `status` is told how far the shrinking has got.
+/// fails, each try on a fresh file system, within `SHRINK_ATTEMPTS` runs and no try started
+/// after `budget` (a try of a long list can take minutes). Any failure counts: a shrink that
+/// turns one mismatch into another is still a smaller failing list. `status` is told how far
+/// the shrinking has got.
 pub fn shrink(
     cfg: &Config,
     mut ops: Vec<Op>,
     first: &Failure,
+    budget: Duration,
     status: &mut dyn FnMut(&str),
 ) -> Shrunk {
+    let deadline = Instant::now() + budget;
     // Nothing after the failing operation can matter.
     if let Some(at) = first.at {
         ops.truncate(at + 1);
@@ -33,7 +38,7 @@ pub fn shrink(
     'outer: loop {
         let mut i = 0;
         while i < ops.len() {
-            if attempts == SHRINK_ATTEMPTS {
+            if attempts == SHRINK_ATTEMPTS || Instant::now() >= deadline {
                 break 'outer;
             }
             attempts += 1;
