@@ -9,18 +9,23 @@ fn must_pass(cfg: &Config, ops: &[Op]) {
     }
 }
 
+/// What the runs that found these used: 1 KiB blocks, power cuts and device faults.
+fn crashes_and_faults_at_1k() -> Config {
+    Config {
+        block_size: 1024,
+        crash: true,
+        faults: true,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn regression_blocks_cloned_past_the_logged_size_are_not_left_past_eof_by_recovery() {
     // The clone lands inside the file's size in memory but past its logged size (the copy
     // that grew the file is not written back). A failed log write shuts the file system
     // down; recovery brought back the clone's mapping without a size covering it, and the
     // file's later growth exposed the cloned data where zeros belong.
-    let cfg = Config {
-        block_size: 1024,
-        crash: true,
-        faults: true,
-        ..Config::default()
-    };
+    let cfg = crashes_and_faults_at_1k();
     let ops = [
         Op::Write {
             f: 3,
@@ -83,12 +88,7 @@ fn regression_blocks_cloned_past_the_logged_size_are_not_left_past_eof_by_recove
 fn regression_a_read_that_fails_part_way_may_return_the_bytes_before_the_failure() {
     // The read's first block was cached and its second was not: the engine returned the
     // cached bytes, as Linux's read does, and the checker had expected all or EIO.
-    let cfg = Config {
-        block_size: 1024,
-        crash: true,
-        faults: true,
-        ..Config::default()
-    };
+    let cfg = crashes_and_faults_at_1k();
     let ops = [
         Op::Write {
             f: 0,
