@@ -288,6 +288,12 @@ impl ExtentFs {
         Ok(fs)
     }
 
+    /// Whether the filesystem has stopped taking changes: shut down after an error, unmounted
+    /// or abandoned.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+
     /// Whether the image was unmounted cleanly before this mount.
     pub fn was_clean(&self) -> bool {
         self.was_clean

@@ -273,7 +273,7 @@ impl Harness {
 
     /// Whether the file system has shut down after an error.
     fn is_shut_down(&self) -> bool {
-        matches!(self.l.fs.commit(), Err(extentfs::Error::Shutdown))
+        self.l.fs.is_shut_down()
     }
 
     /// Syncs with a device fault armed; see [`Op::WriteFault`].
