@@ -124,7 +124,7 @@ fn issue(run: Arc<Run>, buf: SharedBuf, mut rng: SmallRng) {
         Workload::RandRead => rng.gen_range(0..run.blocks),
         Workload::SeqWrite => run.next_block.fetch_add(1, Ordering::Relaxed) % run.blocks,
     };
-    let seg = BufRange::new(Arc::clone(&buf), 0, run.bs as usize);
+    let seg = BufRange::new(buf.clone(), 0, run.bs as usize);
     let addr = DevAddr(block * run.bs);
     let req = match run.workload {
         Workload::RandRead => DeviceRequest::read(addr, vec![seg]),
@@ -242,7 +242,7 @@ fn sync_loop(run: &Run, args: &Args) -> ExitCode {
                 Workload::RandRead => rng.gen_range(0..run.blocks),
                 Workload::SeqWrite => requests % run.blocks,
             };
-            let seg = BufRange::new(Arc::clone(&buf), 0, args.bs);
+            let seg = BufRange::new(buf.clone(), 0, args.bs);
             let addr = DevAddr(block * run.bs);
             let req = match run.workload {
                 Workload::RandRead => DeviceRequest::read(addr, vec![seg]),

@@ -16,7 +16,8 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
+use parking_lot::{RawRwLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The alignment every [`IoBuf`] gets: enough for O_DIRECT on any logical block size up to
 /// 4 KiB and for page-granular io_uring registration.
@@ -267,7 +268,7 @@ impl IoBuf {
 
     /// Wraps the buffer for sharing between the cache and devices.
     pub fn shared(self) -> SharedBuf {
-        Arc::new(RwLock::new(self))
+        SharedBuf::from(self)
     }
 }
 
@@ -312,7 +313,245 @@ impl fmt::Debug for IoBuf {
 }
 
 /// A buffer shared by the cache and the devices; see the module comment for the locking rule.
-pub type SharedBuf = Arc<RwLock<IoBuf>>;
+///
+/// A handle: clones name the same buffer. Its bytes are reached only through the guards its
+/// lock methods return, each of which derefs to the whole buffer.
+#[derive(Clone)]
+pub struct SharedBuf {
+    repr: Repr,
+}
+
+/// What backs a [`SharedBuf`].
+#[derive(Clone)]
+enum Repr {
+    /// An [`IoBuf`] of its own behind a lock, and its length, kept outside the lock so that
+    /// asking for it never waits.
+    Heap { buf: Arc<RwLock<IoBuf>>, len: usize },
+}
+
+impl SharedBuf {
+    /// Length of the buffer in bytes.
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            Repr::Heap { len, .. } => *len,
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shared access to the bytes, waiting while a writer holds the buffer.
+    pub fn read(&self) -> BufRead<'_> {
+        match &self.repr {
+            Repr::Heap { buf, .. } => BufRead {
+                repr: ReadRepr::Heap(buf.read()),
+            },
+        }
+    }
+
+    /// Exclusive access to the bytes, waiting while anyone else holds the buffer.
+    pub fn write(&self) -> BufWrite<'_> {
+        match &self.repr {
+            Repr::Heap { buf, .. } => BufWrite {
+                repr: WriteRepr::Heap(buf.write()),
+            },
+        }
+    }
+
+    /// As [`read`](Self::read), or `None` at once if a writer holds the buffer.
+    pub fn try_read(&self) -> Option<BufRead<'_>> {
+        match &self.repr {
+            Repr::Heap { buf, .. } => buf.try_read().map(|g| BufRead {
+                repr: ReadRepr::Heap(g),
+            }),
+        }
+    }
+
+    /// As [`write`](Self::write), or `None` at once if anyone else holds the buffer.
+    pub fn try_write(&self) -> Option<BufWrite<'_>> {
+        match &self.repr {
+            Repr::Heap { buf, .. } => buf.try_write().map(|g| BufWrite {
+                repr: WriteRepr::Heap(g),
+            }),
+        }
+    }
+
+    /// As [`read`](Self::read), with a guard that keeps the buffer alive on its own, so that it
+    /// can outlive this handle and move to another thread.
+    pub fn read_owned(&self) -> OwnedBufRead {
+        match &self.repr {
+            Repr::Heap { buf, .. } => OwnedBufRead {
+                repr: OwnedReadRepr::Heap(buf.read_arc()),
+            },
+        }
+    }
+
+    /// As [`write`](Self::write), with a guard that keeps the buffer alive on its own.
+    pub fn write_owned(&self) -> OwnedBufWrite {
+        match &self.repr {
+            Repr::Heap { buf, .. } => OwnedBufWrite {
+                repr: OwnedWriteRepr::Heap(buf.write_arc()),
+            },
+        }
+    }
+
+    /// As [`read_owned`](Self::read_owned), or `None` at once if a writer holds the buffer.
+    pub fn try_read_owned(&self) -> Option<OwnedBufRead> {
+        match &self.repr {
+            Repr::Heap { buf, .. } => buf.try_read_arc().map(|g| OwnedBufRead {
+                repr: OwnedReadRepr::Heap(g),
+            }),
+        }
+    }
+
+    /// As [`write_owned`](Self::write_owned), or `None` at once if anyone else holds the
+    /// buffer.
+    pub fn try_write_owned(&self) -> Option<OwnedBufWrite> {
+        match &self.repr {
+            Repr::Heap { buf, .. } => buf.try_write_arc().map(|g| OwnedBufWrite {
+                repr: OwnedWriteRepr::Heap(g),
+            }),
+        }
+    }
+
+    /// Whether `a` and `b` name the same buffer.
+    pub fn same(a: &Self, b: &Self) -> bool {
+        match (&a.repr, &b.repr) {
+            (Repr::Heap { buf: a, .. }, Repr::Heap { buf: b, .. }) => Arc::ptr_eq(a, b),
+        }
+    }
+
+    /// The buffer's identity, for debug output: equal for handles of the same buffer.
+    pub fn as_ptr(&self) -> *const () {
+        match &self.repr {
+            Repr::Heap { buf, .. } => Arc::as_ptr(buf).cast(),
+        }
+    }
+
+    /// The [`IoBuf`] itself, if this is the only handle to it; `None` (dropping this handle)
+    /// otherwise.
+    pub fn into_inner(self) -> Option<IoBuf> {
+        match self.repr {
+            Repr::Heap { buf, .. } => Arc::try_unwrap(buf).ok().map(RwLock::into_inner),
+        }
+    }
+}
+
+impl From<IoBuf> for SharedBuf {
+    fn from(buf: IoBuf) -> Self {
+        Self {
+            repr: Repr::Heap {
+                len: buf.len(),
+                buf: Arc::new(RwLock::new(buf)),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for SharedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBuf")
+            .field("buf", &self.as_ptr())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Shared access to the bytes of a [`SharedBuf`], from [`SharedBuf::read`].
+pub struct BufRead<'a> {
+    repr: ReadRepr<'a>,
+}
+
+/// The lock held by a [`BufRead`], by what backs the buffer.
+enum ReadRepr<'a> {
+    Heap(RwLockReadGuard<'a, IoBuf>),
+}
+
+/// Exclusive access to the bytes of a [`SharedBuf`], from [`SharedBuf::write`].
+pub struct BufWrite<'a> {
+    repr: WriteRepr<'a>,
+}
+
+/// The lock held by a [`BufWrite`], by what backs the buffer.
+enum WriteRepr<'a> {
+    Heap(RwLockWriteGuard<'a, IoBuf>),
+}
+
+/// Shared access to the bytes of a [`SharedBuf`] that keeps the buffer alive, from
+/// [`SharedBuf::read_owned`].
+pub struct OwnedBufRead {
+    repr: OwnedReadRepr,
+}
+
+/// The lock held by an [`OwnedBufRead`], by what backs the buffer.
+enum OwnedReadRepr {
+    Heap(ArcRwLockReadGuard<RawRwLock, IoBuf>),
+}
+
+/// Exclusive access to the bytes of a [`SharedBuf`] that keeps the buffer alive, from
+/// [`SharedBuf::write_owned`].
+pub struct OwnedBufWrite {
+    repr: OwnedWriteRepr,
+}
+
+/// The lock held by an [`OwnedBufWrite`], by what backs the buffer.
+enum OwnedWriteRepr {
+    Heap(ArcRwLockWriteGuard<RawRwLock, IoBuf>),
+}
+
+impl Deref for BufRead<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.repr {
+            ReadRepr::Heap(g) => g,
+        }
+    }
+}
+
+impl Deref for BufWrite<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.repr {
+            WriteRepr::Heap(g) => g,
+        }
+    }
+}
+
+impl DerefMut for BufWrite<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.repr {
+            WriteRepr::Heap(g) => g,
+        }
+    }
+}
+
+impl Deref for OwnedBufRead {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.repr {
+            OwnedReadRepr::Heap(g) => g,
+        }
+    }
+}
+
+impl Deref for OwnedBufWrite {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.repr {
+            OwnedWriteRepr::Heap(g) => g,
+        }
+    }
+}
+
+impl DerefMut for OwnedBufWrite {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.repr {
+            OwnedWriteRepr::Heap(g) => g,
+        }
+    }
+}
 
 /// A byte range of a shared buffer: one scatter-gather element of a device request.
 #[derive(Clone)]
@@ -335,7 +574,7 @@ impl BufRange {
 impl fmt::Debug for BufRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufRange")
-            .field("buf", &Arc::as_ptr(&self.buf))
+            .field("buf", &self.buf.as_ptr())
             .field("offset", &self.offset)
             .field("len", &self.len)
             .finish()
@@ -403,5 +642,49 @@ mod tests {
         let shared = IoBuf::zeroed(8192).shared();
         shared.write()[100..104].copy_from_slice(b"abcd");
         assert_eq!(&shared.read()[100..104], b"abcd");
+    }
+
+    #[test]
+    fn handles_name_one_buffer_and_lock_it_together() {
+        let a = IoBuf::zeroed(4096).shared();
+        let b = a.clone();
+        assert!(SharedBuf::same(&a, &b));
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert!(!SharedBuf::same(&a, &IoBuf::zeroed(4096).shared()));
+        assert_eq!((a.len(), a.is_empty()), (4096, false));
+        assert!(IoBuf::zeroed(0).shared().is_empty());
+
+        let w = a.write_owned();
+        assert_eq!(a.len(), 4096, "the length never waits for the lock");
+        assert!(b.try_read().is_none() && b.try_write_owned().is_none());
+        drop(w);
+        let r = a.read_owned();
+        assert!(b.try_read().is_some() && b.try_write().is_none());
+        assert!(b.try_read_owned().is_some());
+        drop(r);
+
+        // Owned guards keep the buffer alive past every handle.
+        let mut w = b.try_write_owned().unwrap();
+        drop((a, b));
+        w[0] = 7;
+        assert_eq!(w.len(), 4096);
+    }
+
+    #[test]
+    fn owned_guards_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<OwnedBufRead>();
+        send::<OwnedBufWrite>();
+        send::<SharedBuf>();
+    }
+
+    #[test]
+    fn the_last_handle_gives_the_buffer_back() {
+        let a = IoBuf::zeroed(8192).shared();
+        a.write()[0] = 1;
+        let b = a.clone();
+        assert!(a.into_inner().is_none());
+        let buf = b.into_inner().unwrap();
+        assert_eq!((buf.len(), buf[0]), (8192, 1));
     }
 }

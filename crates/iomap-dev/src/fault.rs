@@ -478,11 +478,7 @@ fn slice_segments(segments: &[BufRange], from: u64, to: u64) -> Vec<BufRange> {
         let (lo, hi) = (start.max(from), end.min(to));
         if lo < hi {
             let offset = seg.offset + (lo - start) as usize;
-            out.push(BufRange::new(
-                Arc::clone(&seg.buf),
-                offset,
-                (hi - lo) as usize,
-            ));
+            out.push(BufRange::new(seg.buf.clone(), offset, (hi - lo) as usize));
         }
     }
     out

@@ -194,7 +194,6 @@ mod tests {
     use crate::buf::{BufRange, IoBuf};
     use crate::request::DevAddr;
     use crate::sync::BlockDeviceExt;
-    use std::sync::Arc;
 
     fn tmp(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("iomap-dev-test-{}", std::process::id()));
@@ -215,7 +214,7 @@ mod tests {
             .collect();
         let segs = bufs
             .iter()
-            .map(|b| BufRange::new(Arc::clone(b), 512, 1024))
+            .map(|b| BufRange::new(b.clone(), 512, 1024))
             .collect();
         dev.submit_wait(DeviceRequest::write(DevAddr(8192), segs))
             .unwrap();
@@ -227,7 +226,7 @@ mod tests {
         let out: Vec<_> = (0..2).map(|_| IoBuf::zeroed(4096).shared()).collect();
         let segs = out
             .iter()
-            .map(|b| BufRange::new(Arc::clone(b), 0, 1536))
+            .map(|b| BufRange::new(b.clone(), 0, 1536))
             .collect();
         dev.submit_wait(DeviceRequest::read(DevAddr(8192), segs))
             .unwrap();
@@ -254,7 +253,7 @@ mod tests {
             }
         };
         let buf = IoBuf::zeroed(8192).shared();
-        let ok = DeviceRequest::write(DevAddr(0), vec![BufRange::new(Arc::clone(&buf), 512, 4096)]);
+        let ok = DeviceRequest::write(DevAddr(0), vec![BufRange::new(buf.clone(), 512, 4096)]);
         dev.submit_wait(ok).unwrap();
         // A request aligned on the device but not in memory is refused, not passed to the
         // kernel to fail with a bare EINVAL.

@@ -6,12 +6,8 @@
 //! against ourselves.
 
 use std::io;
-use std::sync::Arc;
 
-use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
-use parking_lot::RawRwLock;
-
-use crate::buf::{IoBuf, SharedBuf};
+use crate::buf::{OwnedBufRead, OwnedBufWrite, SharedBuf};
 use crate::request::{DeviceRequest, Op};
 
 /// The most iovecs one system call or io_uring operation takes (Linux's `IOV_MAX`).
@@ -24,9 +20,9 @@ pub(crate) const IOV_MAX: usize = 1024;
 )]
 enum Guards {
     /// Held while the device fills the buffers.
-    Fill(Vec<ArcRwLockWriteGuard<RawRwLock, IoBuf>>),
+    Fill(Vec<OwnedBufWrite>),
     /// Held while the device copies from the buffers.
-    Drain(Vec<ArcRwLockReadGuard<RawRwLock, IoBuf>>),
+    Drain(Vec<OwnedBufRead>),
 }
 
 /// The segments of one read or write, locked, as the iovecs still to transfer.
@@ -43,8 +39,7 @@ pub(crate) struct LockedIo {
 }
 
 // SAFETY: the raw pointers in `iov` point into buffers whose locks `_guards` holds; the guards
-// are `Send` (parking_lot's `send_guard`), and whoever holds a `LockedIo` is the only user of
-// those pointers.
+// are `Send`, and whoever holds a `LockedIo` is the only user of those pointers.
 unsafe impl Send for LockedIo {}
 
 /// Every segment inside its buffer; `lens[owner[i]]` is segment i's buffer length.
@@ -91,13 +86,15 @@ impl LockedIo {
         let owner: Vec<usize> = req
             .segments
             .iter()
-            .map(|s| match bufs.iter().position(|b| Arc::ptr_eq(b, &s.buf)) {
-                Some(k) => k,
-                None => {
-                    bufs.push(&s.buf);
-                    bufs.len() - 1
-                }
-            })
+            .map(
+                |s| match bufs.iter().position(|b| SharedBuf::same(b, &s.buf)) {
+                    Some(k) => k,
+                    None => {
+                        bufs.push(&s.buf);
+                        bufs.len() - 1
+                    }
+                },
+            )
             .collect();
         let mut iov = Vec::with_capacity(req.segments.len());
         let guards = if req.op == Op::Read {
@@ -105,9 +102,9 @@ impl LockedIo {
                 .iter()
                 .map(|b| {
                     if wait {
-                        Some(b.write_arc())
+                        Some(b.write_owned())
                     } else {
-                        b.try_write_arc()
+                        b.try_write_owned()
                     }
                 })
                 .collect::<Option<_>>()?;
@@ -131,9 +128,9 @@ impl LockedIo {
                 .iter()
                 .map(|b| {
                     if wait {
-                        Some(b.read_arc())
+                        Some(b.read_owned())
                     } else {
-                        b.try_read_arc()
+                        b.try_read_owned()
                     }
                 })
                 .collect::<Option<_>>()?;
@@ -210,7 +207,7 @@ impl LockedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buf::BufRange;
+    use crate::buf::{BufRange, IoBuf};
     use crate::request::{check_request, DevAddr};
     use crate::MemDevice;
 
@@ -219,7 +216,7 @@ mod tests {
         let dev = MemDevice::new(1 << 20);
         let buf = IoBuf::zeroed(4096).shared();
         let held = buf.write();
-        let req = DeviceRequest::read(DevAddr(0), vec![BufRange::new(Arc::clone(&buf), 0, 4096)]);
+        let req = DeviceRequest::read(DevAddr(0), vec![BufRange::new(buf.clone(), 0, 4096)]);
         // With a blocking look at the buffer this would never return.
         check_request(&dev, &req).unwrap();
         drop(held);

@@ -27,7 +27,9 @@ mod sync;
 mod uring;
 
 pub use backing::DeviceOptions;
-pub use buf::{BufRange, IoBuf, SharedBuf, IO_BUF_ALIGN};
+pub use buf::{
+    BufRange, BufRead, BufWrite, IoBuf, OwnedBufRead, OwnedBufWrite, SharedBuf, IO_BUF_ALIGN,
+};
 pub use crash::{CrashDevice, CrashEvent, Pending};
 pub use fault::{FaultDevice, FaultKind, FaultRule, InjectedFault};
 pub use file::FileDevice;

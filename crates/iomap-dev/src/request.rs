@@ -2,9 +2,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 
-use crate::buf::BufRange;
+use crate::buf::{BufRange, SharedBuf};
 use crate::BlockDevice;
 
 /// A byte address on a block device.
@@ -103,7 +102,7 @@ impl DeviceRequest {
     /// bytes follow on, so that a request never names one buffer twice.
     pub fn push_segment(&mut self, seg: BufRange) {
         if let Some(last) = self.segments.last_mut() {
-            if Arc::ptr_eq(&last.buf, &seg.buf) && last.offset + last.len == seg.offset {
+            if SharedBuf::same(&last.buf, &seg.buf) && last.offset + last.len == seg.offset {
                 last.len += seg.len;
                 return;
             }

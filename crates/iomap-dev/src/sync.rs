@@ -54,7 +54,7 @@ pub trait BlockDeviceExt: BlockDevice {
         let max = usize::try_from(self.max_request_bytes()).unwrap_or(usize::MAX);
         for (i, chunk) in dst.chunks_mut(max).enumerate() {
             let buf = IoBuf::zeroed(chunk.len()).shared();
-            let seg = BufRange::new(Arc::clone(&buf), 0, chunk.len());
+            let seg = BufRange::new(buf.clone(), 0, chunk.len());
             self.submit_wait(DeviceRequest::read(addr + (i * max) as u64, vec![seg]))?;
             chunk.copy_from_slice(&buf.read());
         }

@@ -182,10 +182,10 @@ fn vectored_requests_scatter_and_gather_in_order(s: Subject) {
     let bufs: Vec<SharedBuf> = (0..4).map(|i| filled(16384, i)).collect();
     // Segments from different buffers and two non-adjacent ranges of the same buffer.
     let segs = vec![
-        BufRange::new(Arc::clone(&bufs[0]), 4096, 4096),
-        BufRange::new(Arc::clone(&bufs[1]), 0, 8192),
-        BufRange::new(Arc::clone(&bufs[0]), 12288, 4096),
-        BufRange::new(Arc::clone(&bufs[2]), 8192, 4096),
+        BufRange::new(bufs[0].clone(), 4096, 4096),
+        BufRange::new(bufs[1].clone(), 0, 8192),
+        BufRange::new(bufs[0].clone(), 12288, 4096),
+        BufRange::new(bufs[2].clone(), 8192, 4096),
     ];
     let expect: Vec<u8> = segs
         .iter()
@@ -199,9 +199,9 @@ fn vectored_requests_scatter_and_gather_in_order(s: Subject) {
     // Scatter it back into pieces of two buffers, again naming one buffer twice.
     let out = [IoBuf::zeroed(16384).shared(), IoBuf::zeroed(16384).shared()];
     let segs = vec![
-        BufRange::new(Arc::clone(&out[0]), 8192, 8192),
-        BufRange::new(Arc::clone(&out[1]), 0, 4096),
-        BufRange::new(Arc::clone(&out[0]), 0, 8192),
+        BufRange::new(out[0].clone(), 8192, 8192),
+        BufRange::new(out[1].clone(), 0, 4096),
+        BufRange::new(out[0].clone(), 0, 8192),
     ];
     dev.submit_wait(DeviceRequest::read(DevAddr(65536), segs))
         .unwrap();
@@ -279,28 +279,28 @@ fn bad_requests_are_refused_with_a_reason(s: Subject) {
         (
             DeviceRequest::write(
                 DevAddr(CAPACITY - 4096),
-                vec![BufRange::new(Arc::clone(&buf), 0, 8192)],
+                vec![BufRange::new(buf.clone(), 0, 8192)],
             ),
             "past the device's end",
         ),
         (
             DeviceRequest::read(
                 DevAddr(u64::MAX - 4095),
-                vec![BufRange::new(Arc::clone(&buf), 0, 4096)],
+                vec![BufRange::new(buf.clone(), 0, 4096)],
             ),
             "past the device's end",
         ),
         (
             DeviceRequest::write(
                 DevAddr(lbs as u64 / 2),
-                vec![BufRange::new(Arc::clone(&buf), 0, 4096)],
+                vec![BufRange::new(buf.clone(), 0, 4096)],
             ),
             "not aligned",
         ),
         (
             DeviceRequest::read(
                 DevAddr(0),
-                vec![BufRange::new(Arc::clone(&buf), 0, lbs + lbs / 2)],
+                vec![BufRange::new(buf.clone(), 0, lbs + lbs / 2)],
             ),
             "not aligned",
         ),
@@ -308,7 +308,7 @@ fn bad_requests_are_refused_with_a_reason(s: Subject) {
             DeviceRequest::read(
                 DevAddr(0),
                 vec![BufRange::new(
-                    Arc::clone(&buf),
+                    buf.clone(),
                     0,
                     (dev.max_request_bytes() + 4096) as usize,
                 )],
@@ -318,7 +318,7 @@ fn bad_requests_are_refused_with_a_reason(s: Subject) {
         (
             DeviceRequest::read(
                 DevAddr(0),
-                vec![BufRange::new(Arc::clone(&buf), (2 << 20) - 4096, 8192)],
+                vec![BufRange::new(buf.clone(), (2 << 20) - 4096, 8192)],
             ),
             "outside its",
         ),
@@ -371,7 +371,7 @@ fn concurrent_submitters_each_see_their_own_data(s: Subject) {
                     .map(|(i, out)| {
                         let req = DeviceRequest::read(
                             DevAddr(base + i as u64 * 8192),
-                            vec![BufRange::new(Arc::clone(out), 0, 8192)],
+                            vec![BufRange::new(out.clone(), 0, 8192)],
                         );
                         submit_async(&*dev, req, &calls)
                     })
@@ -407,7 +407,7 @@ fn requests_longer_than_iov_max_segments_complete(s: Subject) {
     }
     let segs = bufs
         .iter()
-        .map(|b| BufRange::new(Arc::clone(b), 1024, 512))
+        .map(|b| BufRange::new(b.clone(), 1024, 512))
         .collect();
     dev.submit_wait(DeviceRequest::write(DevAddr(2 << 20), segs))
         .unwrap();
@@ -420,7 +420,7 @@ fn requests_longer_than_iov_max_segments_complete(s: Subject) {
     let outs: Vec<SharedBuf> = (0..n).map(|_| IoBuf::zeroed(512).shared()).collect();
     let segs = outs
         .iter()
-        .map(|b| BufRange::new(Arc::clone(b), 0, 512))
+        .map(|b| BufRange::new(b.clone(), 0, 512))
         .collect();
     dev.submit_wait(DeviceRequest::read(DevAddr(2 << 20), segs))
         .unwrap();
@@ -441,8 +441,7 @@ fn dropping_the_device_completes_requests_in_flight(s: Subject) {
     let pending: Vec<_> = outs
         .iter()
         .map(|out| {
-            let req =
-                DeviceRequest::read(DevAddr(0), vec![BufRange::new(Arc::clone(out), 0, 65536)]);
+            let req = DeviceRequest::read(DevAddr(0), vec![BufRange::new(out.clone(), 0, 65536)]);
             submit_async(&*dev, req, &calls)
         })
         .collect();

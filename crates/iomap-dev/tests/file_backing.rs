@@ -259,11 +259,11 @@ fn a_request_on_a_held_buffer_does_not_stall_the_others() {
     ];
     for (name, dev) in devices {
         let held = IoBuf::zeroed(8192).shared();
-        let guard = held.read_arc();
+        let guard = held.read_owned();
         let (d_tx, d_rx) = mpsc::channel();
         let (x_tx, x_rx) = mpsc::channel();
         let chained = Arc::clone(&dev);
-        let held_in_cb = Arc::clone(&held);
+        let held_in_cb = held.clone();
         let first = DeviceRequest::read(
             DevAddr(0),
             vec![BufRange::new(IoBuf::zeroed(4096).shared(), 0, 4096)],

@@ -418,7 +418,7 @@ impl<'a> ReadCtx<'a> {
             let n = plen.min(room);
             pending
                 .req
-                .push_segment(BufRange::new(Arc::clone(folio.data()), poff, n));
+                .push_segment(BufRange::new(folio.data().clone(), poff, n));
             pending.parts.push((Arc::clone(folio), poff, n));
             pending.file_end += n as u64;
             pending.dev_end = pending.dev_end + n as u64;

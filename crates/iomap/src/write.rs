@@ -393,7 +393,7 @@ fn read_blocks_sync(
     let mut done = 0;
     while done < blen {
         let n = (blen - done).min(max);
-        let seg = BufRange::new(Arc::clone(guard.data()), boff + done, n);
+        let seg = BufRange::new(guard.data().clone(), boff + done, n);
         stats.dev_read_requests.add(1);
         stats.dev_read_bytes.add(n as u64);
         if let Err(e) = mapping

@@ -576,9 +576,9 @@ impl Drop for Folio {
             return;
         };
         pool.release(self.size);
-        let data = std::mem::replace(&mut self.data, Arc::clone(&NO_BUFFER));
-        if let Ok(buf) = Arc::try_unwrap(data) {
-            pool.give(buf.into_inner());
+        let data = std::mem::replace(&mut self.data, NO_BUFFER.clone());
+        if let Some(buf) = data.into_inner() {
+            pool.give(buf);
         }
     }
 }

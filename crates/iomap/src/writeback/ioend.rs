@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use bitflags::bitflags;
-use iomap_dev::{BufRange, DevAddr, DeviceRequest};
+use iomap_dev::{BufRange, DevAddr, DeviceRequest, SharedBuf};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, trace};
 
@@ -120,7 +120,7 @@ impl IoendBuild {
     /// Adds `len` bytes at folio offset `off`; the folio's write-pending count grows with it.
     pub(crate) fn push(&mut self, folio: &Arc<Folio>, off: usize, len: u64) {
         self.req
-            .push_segment(BufRange::new(Arc::clone(folio.data()), off, len as usize));
+            .push_segment(BufRange::new(folio.data().clone(), off, len as usize));
         folio.add_write_pending(len);
         match self.parts.last_mut() {
             Some((f, n)) if Arc::ptr_eq(f, folio) => *n += len,
@@ -141,7 +141,7 @@ impl IoendBuild {
         let len = *len;
         let (folio, _) = self.parts.pop()?;
         let seg = self.req.segments.pop()?;
-        debug_assert!(Arc::ptr_eq(&seg.buf, folio.data()) && seg.len as u64 == len);
+        debug_assert!(SharedBuf::same(&seg.buf, folio.data()) && seg.len as u64 == len);
         self.ioend.size -= len;
         let offset = self.ioend.end();
         let addr = self.ioend.addr + self.ioend.size;
