@@ -19,6 +19,8 @@ use std::sync::Arc;
 use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
 use parking_lot::{RawRwLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::frames::{Frame, FrameRead, FrameWrite, OwnedFrameRead, OwnedFrameWrite};
+
 /// The alignment every [`IoBuf`] gets: enough for O_DIRECT on any logical block size up to
 /// 4 KiB and for page-granular io_uring registration.
 pub const IO_BUF_ALIGN: usize = 4096;
@@ -327,6 +329,8 @@ enum Repr {
     /// An [`IoBuf`] of its own behind a lock, and its length, kept outside the lock so that
     /// asking for it never waits.
     Heap { buf: Arc<RwLock<IoBuf>>, len: usize },
+    /// A frame of a [`FrameArena`](crate::FrameArena), locked by its descriptor.
+    Frame(Frame),
 }
 
 impl SharedBuf {
@@ -334,6 +338,7 @@ impl SharedBuf {
     pub fn len(&self) -> usize {
         match &self.repr {
             Repr::Heap { len, .. } => *len,
+            Repr::Frame(f) => f.len(),
         }
     }
 
@@ -348,6 +353,9 @@ impl SharedBuf {
             Repr::Heap { buf, .. } => BufRead {
                 repr: ReadRepr::Heap(buf.read()),
             },
+            Repr::Frame(f) => BufRead {
+                repr: ReadRepr::Frame(f.read()),
+            },
         }
     }
 
@@ -356,6 +364,9 @@ impl SharedBuf {
         match &self.repr {
             Repr::Heap { buf, .. } => BufWrite {
                 repr: WriteRepr::Heap(buf.write()),
+            },
+            Repr::Frame(f) => BufWrite {
+                repr: WriteRepr::Frame(f.write()),
             },
         }
     }
@@ -366,6 +377,9 @@ impl SharedBuf {
             Repr::Heap { buf, .. } => buf.try_read().map(|g| BufRead {
                 repr: ReadRepr::Heap(g),
             }),
+            Repr::Frame(f) => f.try_read().map(|g| BufRead {
+                repr: ReadRepr::Frame(g),
+            }),
         }
     }
 
@@ -374,6 +388,9 @@ impl SharedBuf {
         match &self.repr {
             Repr::Heap { buf, .. } => buf.try_write().map(|g| BufWrite {
                 repr: WriteRepr::Heap(g),
+            }),
+            Repr::Frame(f) => f.try_write().map(|g| BufWrite {
+                repr: WriteRepr::Frame(g),
             }),
         }
     }
@@ -385,6 +402,9 @@ impl SharedBuf {
             Repr::Heap { buf, .. } => OwnedBufRead {
                 repr: OwnedReadRepr::Heap(buf.read_arc()),
             },
+            Repr::Frame(f) => OwnedBufRead {
+                repr: OwnedReadRepr::Frame(f.read_owned()),
+            },
         }
     }
 
@@ -394,6 +414,9 @@ impl SharedBuf {
             Repr::Heap { buf, .. } => OwnedBufWrite {
                 repr: OwnedWriteRepr::Heap(buf.write_arc()),
             },
+            Repr::Frame(f) => OwnedBufWrite {
+                repr: OwnedWriteRepr::Frame(f.write_owned()),
+            },
         }
     }
 
@@ -402,6 +425,9 @@ impl SharedBuf {
         match &self.repr {
             Repr::Heap { buf, .. } => buf.try_read_arc().map(|g| OwnedBufRead {
                 repr: OwnedReadRepr::Heap(g),
+            }),
+            Repr::Frame(f) => f.try_read_owned().map(|g| OwnedBufRead {
+                repr: OwnedReadRepr::Frame(g),
             }),
         }
     }
@@ -413,6 +439,9 @@ impl SharedBuf {
             Repr::Heap { buf, .. } => buf.try_write_arc().map(|g| OwnedBufWrite {
                 repr: OwnedWriteRepr::Heap(g),
             }),
+            Repr::Frame(f) => f.try_write_owned().map(|g| OwnedBufWrite {
+                repr: OwnedWriteRepr::Frame(g),
+            }),
         }
     }
 
@@ -420,6 +449,8 @@ impl SharedBuf {
     pub fn same(a: &Self, b: &Self) -> bool {
         match (&a.repr, &b.repr) {
             (Repr::Heap { buf: a, .. }, Repr::Heap { buf: b, .. }) => Arc::ptr_eq(a, b),
+            (Repr::Frame(a), Repr::Frame(b)) => Frame::same(a, b),
+            _ => false,
         }
     }
 
@@ -427,6 +458,7 @@ impl SharedBuf {
     pub fn as_ptr(&self) -> *const () {
         match &self.repr {
             Repr::Heap { buf, .. } => Arc::as_ptr(buf).cast(),
+            Repr::Frame(f) => f.as_ptr(),
         }
     }
 
@@ -435,6 +467,7 @@ impl SharedBuf {
     pub fn into_inner(self) -> Option<IoBuf> {
         match self.repr {
             Repr::Heap { buf, .. } => Arc::try_unwrap(buf).ok().map(RwLock::into_inner),
+            Repr::Frame(_) => None,
         }
     }
 }
@@ -446,6 +479,14 @@ impl From<IoBuf> for SharedBuf {
                 len: buf.len(),
                 buf: Arc::new(RwLock::new(buf)),
             },
+        }
+    }
+}
+
+impl From<Frame> for SharedBuf {
+    fn from(frame: Frame) -> Self {
+        Self {
+            repr: Repr::Frame(frame),
         }
     }
 }
@@ -467,6 +508,7 @@ pub struct BufRead<'a> {
 /// The lock held by a [`BufRead`], by what backs the buffer.
 enum ReadRepr<'a> {
     Heap(RwLockReadGuard<'a, IoBuf>),
+    Frame(FrameRead<'a>),
 }
 
 /// Exclusive access to the bytes of a [`SharedBuf`], from [`SharedBuf::write`].
@@ -477,6 +519,7 @@ pub struct BufWrite<'a> {
 /// The lock held by a [`BufWrite`], by what backs the buffer.
 enum WriteRepr<'a> {
     Heap(RwLockWriteGuard<'a, IoBuf>),
+    Frame(FrameWrite<'a>),
 }
 
 /// Shared access to the bytes of a [`SharedBuf`] that keeps the buffer alive, from
@@ -488,6 +531,7 @@ pub struct OwnedBufRead {
 /// The lock held by an [`OwnedBufRead`], by what backs the buffer.
 enum OwnedReadRepr {
     Heap(ArcRwLockReadGuard<RawRwLock, IoBuf>),
+    Frame(OwnedFrameRead),
 }
 
 /// Exclusive access to the bytes of a [`SharedBuf`] that keeps the buffer alive, from
@@ -499,6 +543,7 @@ pub struct OwnedBufWrite {
 /// The lock held by an [`OwnedBufWrite`], by what backs the buffer.
 enum OwnedWriteRepr {
     Heap(ArcRwLockWriteGuard<RawRwLock, IoBuf>),
+    Frame(OwnedFrameWrite),
 }
 
 impl Deref for BufRead<'_> {
@@ -506,6 +551,7 @@ impl Deref for BufRead<'_> {
     fn deref(&self) -> &[u8] {
         match &self.repr {
             ReadRepr::Heap(g) => g,
+            ReadRepr::Frame(g) => g,
         }
     }
 }
@@ -515,6 +561,7 @@ impl Deref for BufWrite<'_> {
     fn deref(&self) -> &[u8] {
         match &self.repr {
             WriteRepr::Heap(g) => g,
+            WriteRepr::Frame(g) => g,
         }
     }
 }
@@ -523,6 +570,7 @@ impl DerefMut for BufWrite<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.repr {
             WriteRepr::Heap(g) => g,
+            WriteRepr::Frame(g) => g,
         }
     }
 }
@@ -532,6 +580,7 @@ impl Deref for OwnedBufRead {
     fn deref(&self) -> &[u8] {
         match &self.repr {
             OwnedReadRepr::Heap(g) => g,
+            OwnedReadRepr::Frame(g) => g,
         }
     }
 }
@@ -541,6 +590,7 @@ impl Deref for OwnedBufWrite {
     fn deref(&self) -> &[u8] {
         match &self.repr {
             OwnedWriteRepr::Heap(g) => g,
+            OwnedWriteRepr::Frame(g) => g,
         }
     }
 }
@@ -549,6 +599,7 @@ impl DerefMut for OwnedBufWrite {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.repr {
             OwnedWriteRepr::Heap(g) => g,
+            OwnedWriteRepr::Frame(g) => g,
         }
     }
 }

@@ -18,6 +18,7 @@ mod buf;
 mod crash;
 mod fault;
 mod file;
+mod frames;
 mod iov;
 mod log;
 mod mem;
@@ -33,6 +34,10 @@ pub use buf::{
 pub use crash::{CrashDevice, CrashEvent, Pending};
 pub use fault::{FaultDevice, FaultKind, FaultRule, InjectedFault};
 pub use file::FileDevice;
+pub use frames::{
+    ArenaStats, Frame, FrameArena, FrameRange, FrameRead, FrameTable, FrameWrite, OwnedFrameRead,
+    OwnedFrameWrite,
+};
 pub use log::{LogDevice, LoggedRequest};
 pub use mem::MemDevice;
 pub use request::{check_request, Completion, DevAddr, DeviceRequest, Op};

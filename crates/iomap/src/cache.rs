@@ -68,7 +68,8 @@ impl PageCache {
             stats: CacheStats::default(),
             gauges: CacheGauges::default(),
             reclaimer: Reclaimer::default(),
-            pool: Arc::default(),
+            // Folios are at least a block, and blocks may be up to 64 KiB.
+            pool: Arc::new(BufPool::new(page_size, max_folio_size.max(65536))),
             throttle: DirtyThrottle::default(),
             flusher: Arc::default(),
             completions: CompletionQueue::new(),

@@ -8,12 +8,12 @@
 //! Lock order: invalidate lock → folio lock → shard lock → tags lock, and folio state alone.
 //! A shard lock is never held while waiting for a folio lock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use iomap_dev::BlockDevice;
+use iomap_dev::{BlockDevice, Frame, FrameTable};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::cache::PageCache;
@@ -25,7 +25,10 @@ use crate::writeback::WritebackOps;
 
 pub(crate) const SHARDS: usize = 64;
 
-type Shard = RwLock<BTreeMap<u64, Arc<Folio>>>;
+/// Pages a shard's region holds at least: a node of the index's table.
+const SHARD_PAGES: u64 = 64;
+
+type Shard = RwLock<FrameTable>;
 
 /// Dirty and writeback tags: folio offsets, for finding work without scanning every folio.
 #[derive(Debug, Default)]
@@ -41,6 +44,10 @@ pub struct Mapping {
     cache: Arc<PageCache>,
     dev: Arc<dyn BlockDevice>,
     block_shift: u32,
+    page_shift: u32,
+    /// Bytes of file each shard region covers: at least the largest folio, so a folio never
+    /// straddles two.
+    shard_region: u64,
     min_folio: usize,
     max_folio: usize,
     max_file_size: AtomicU64,
@@ -92,15 +99,20 @@ impl Mapping {
         let config = cache.config();
         let min_folio = config.page_size.max(block_size as usize);
         let max_folio = config.max_folio_size.max(min_folio);
+        let shards = (0..SHARDS)
+            .map(|_| RwLock::new(FrameTable::new(cache.pool().arena())))
+            .collect();
         Ok(Self {
             cache,
             dev,
             block_shift: block_size.trailing_zeros(),
+            page_shift: config.page_size.trailing_zeros(),
+            shard_region: (max_folio as u64).max(SHARD_PAGES * config.page_size as u64),
             min_folio,
             max_folio,
             max_file_size: AtomicU64::new(i64::MAX as u64 & !(u64::from(block_size) - 1)),
             size: AtomicU64::new(0),
-            shards: (0..SHARDS).map(|_| RwLock::new(BTreeMap::new())).collect(),
+            shards,
             folios: AtomicU64::new(0),
             tags: Mutex::new(Tags::default()),
             errseq: ErrSeq::new(),
@@ -259,32 +271,59 @@ impl Mapping {
     // ---- the index ----
 
     fn shard(&self, pos: u64) -> &Shard {
-        &self.shards[(pos / self.max_folio as u64) as usize % SHARDS]
+        &self.shards[(pos / self.shard_region) as usize % SHARDS]
     }
 
-    fn covering(map: &BTreeMap<u64, Arc<Folio>>, pos: u64) -> Option<&Arc<Folio>> {
-        map.range(..=pos)
-            .next_back()
-            .map(|(_, f)| f)
-            .filter(|f| f.end() > pos)
+    /// The index key of the page holding `pos`.
+    fn key(&self, pos: u64) -> u64 {
+        pos >> self.page_shift
+    }
+
+    /// The folio of a frame the index keeps at `key`.
+    fn folio_at(&self, key: u64, frame: Frame) -> Folio {
+        Folio::from_frame(frame, key << self.page_shift, self.block_shift)
+    }
+
+    fn covering(&self, table: &FrameTable, pos: u64) -> Option<Folio> {
+        table
+            .get(self.key(pos))
+            .map(|(key, frame)| self.folio_at(key, frame))
+    }
+
+    /// Whether the index holds `folio` itself (not another folio at its offset).
+    fn holds(&self, table: &FrameTable, folio: &Folio) -> bool {
+        table
+            .get(self.key(folio.pos()))
+            .is_some_and(|(_, f)| Frame::same(&f, folio.frame()))
     }
 
     /// The cached folio holding `pos`, if any.
-    pub fn find_folio(&self, pos: u64) -> Option<Arc<Folio>> {
-        Self::covering(&self.shard(pos).read(), pos).cloned()
+    pub fn find_folio(&self, pos: u64) -> Option<Folio> {
+        self.covering(&self.shard(pos).read(), pos)
     }
 
     /// The cached folio holding `pos`, pinned against eviction while the pin lives (the
     /// reference a kernel reader takes with `filemap_get_folio`).
     pub fn find_pinned(&self, pos: u64) -> Option<FolioPin> {
-        Self::covering(&self.shard(pos).read(), pos).map(Folio::pin)
+        let shard = self.shard(pos).read();
+        self.covering(&shard, pos).map(|f| f.pin())
     }
 
-    /// Runs `f` on the folio holding `pos` with its shard held shared, sparing the reference
-    /// count traffic of [`Mapping::find_folio`] on the cached read path.
+    /// Runs `f` on the folio holding `pos` with its shard held shared.
     pub(crate) fn with_folio<R>(&self, pos: u64, f: impl FnOnce(&Folio) -> R) -> Option<R> {
         let shard: RwLockReadGuard<'_, _> = self.shard(pos).read();
-        Self::covering(&shard, pos).map(|folio| f(folio))
+        self.covering(&shard, pos).map(|folio| f(&folio))
+    }
+
+    /// Puts a new folio's frame in the index, whose shard the caller holds exclusive and
+    /// found clear where the folio goes.
+    fn index(&self, table: &mut FrameTable, guard: &FolioGuard) {
+        if table
+            .insert(self.key(guard.pos()), guard.frame().clone())
+            .is_err()
+        {
+            unreachable!("folio at {} overlaps a cached one", guard.pos());
+        }
     }
 
     /// The folio holding `pos`, locked; if none is cached, a new one sized for a `len_hint`-byte
@@ -302,12 +341,12 @@ impl Mapping {
                 return (guard, false);
             }
             let mut map = self.shard(pos).write();
-            if Self::covering(&map, pos).is_some() {
+            if self.covering(&map, pos).is_some() {
                 continue;
             }
             let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
-            let guard = Folio::new_pooled(fpos, size, self.block_shift, self.cache.pool());
-            map.insert(fpos, Arc::clone(&guard));
+            let guard = Folio::new_in(self.cache.pool().arena(), fpos, size, self.block_shift);
+            self.index(&mut map, &guard);
             drop(map);
             self.added(size);
             return (guard, true);
@@ -318,12 +357,12 @@ impl Mapping {
     /// readahead does).
     pub(crate) fn add_folio(&self, pos: u64, len_hint: u64) -> Option<FolioGuard> {
         let mut map = self.shard(pos).write();
-        if Self::covering(&map, pos).is_some() {
+        if self.covering(&map, pos).is_some() {
             return None;
         }
         let (fpos, size) = self.new_folio_extent(&map, pos, len_hint);
-        let guard = Folio::new_pooled(fpos, size, self.block_shift, self.cache.pool());
-        map.insert(fpos, Arc::clone(&guard));
+        let guard = Folio::new_in(self.cache.pool().arena(), fpos, size, self.block_shift);
+        self.index(&mut map, &guard);
         drop(map);
         self.added(size);
         Some(guard)
@@ -339,12 +378,7 @@ impl Mapping {
 
     /// Where a new folio holding `pos` starts and how big it is: as large as `len_hint` asks,
     /// up to the largest folio, but naturally aligned and clear of cached folios.
-    fn new_folio_extent(
-        &self,
-        map: &BTreeMap<u64, Arc<Folio>>,
-        pos: u64,
-        len_hint: u64,
-    ) -> (u64, usize) {
+    fn new_folio_extent(&self, map: &FrameTable, pos: u64, len_hint: u64) -> (u64, usize) {
         let fpos = pos & !(self.min_folio as u64 - 1);
         let want = (pos - fpos).saturating_add(len_hint).max(1);
         let mut size = if want >= self.max_folio as u64 {
@@ -354,7 +388,11 @@ impl Mapping {
             (1usize << (63 - want.leading_zeros())).max(self.min_folio)
         };
         while size > self.min_folio
-            && (fpos % size as u64 != 0 || map.range(fpos..fpos + size as u64).next().is_some())
+            && (fpos % size as u64 != 0
+                || map
+                    .range(self.key(fpos), self.key(fpos + size as u64))
+                    .next()
+                    .is_some())
         {
             size /= 2;
         }
@@ -362,33 +400,29 @@ impl Mapping {
     }
 
     /// The cached folios overlapping `[start, end)`, in file order.
-    pub fn folios_in(&self, start: u64, end: u64) -> Vec<Arc<Folio>> {
+    pub fn folios_in(&self, start: u64, end: u64) -> Vec<Folio> {
         if start >= end {
             return Vec::new();
         }
-        let region = self.max_folio as u64;
+        let region = self.shard_region;
         let first = start / region;
         let last = (end - 1) / region;
+        let (kstart, kend) = (self.key(start), end.div_ceil(1 << self.page_shift));
         let mut out = Vec::new();
         if last - first < SHARDS as u64 {
             for r in first..=last {
                 let shard = self.shard(r * region).read();
-                out.extend(
-                    shard
-                        .range(r * region..=(r * region).saturating_add(region - 1))
-                        .map(|(_, f)| f)
-                        .filter(|f| f.pos() < end && f.end() > start)
-                        .cloned(),
-                );
+                let lo = kstart.max(self.key(r * region));
+                let hi = kend.min(self.key((r + 1).saturating_mul(region)));
+                out.extend(shard.range(lo, hi).map(|(k, f)| self.folio_at(k, f)));
             }
         } else {
             for shard in self.shards.iter() {
                 out.extend(
                     shard
                         .read()
-                        .values()
-                        .filter(|f| f.pos() < end && f.end() > start)
-                        .cloned(),
+                        .range(kstart, kend)
+                        .map(|(k, f)| self.folio_at(k, f)),
                 );
             }
             out.sort_by_key(|f| f.pos());
@@ -401,13 +435,15 @@ impl Mapping {
     /// busy: reclaim runs under folio locks of the allocating thread, and never waits for a
     /// shard (a queued writer would make a shared lock wait for a reader that may be waiting
     /// for one of those folios).
-    pub(crate) fn shard_batch(&self, shard: usize, from: u64, n: usize) -> Option<Vec<Arc<Folio>>> {
+    pub(crate) fn shard_batch(&self, shard: usize, from: u64, n: usize) -> Option<Vec<Folio>> {
         let shard = self.shards[shard % SHARDS].try_read()?;
+        let from = self.key(from.next_multiple_of(1 << self.page_shift));
         Some(
             shard
-                .range(from..)
+                .range(from, u64::MAX)
+                .filter(|&(k, _)| k >= from)
                 .take(n)
-                .map(|(_, f)| Arc::clone(f))
+                .map(|(k, f)| self.folio_at(k, f))
                 .collect(),
         )
     }
@@ -420,7 +456,8 @@ impl Mapping {
     /// Removes a locked folio from the index; its dirty data is discarded.
     fn remove_folio(&self, guard: &FolioGuard) {
         let mut shard = self.shard(guard.pos()).write();
-        if shard.remove(&guard.pos()).is_some() {
+        if self.holds(&shard, guard) {
+            shard.remove(self.key(guard.pos()));
             self.cache.gauges().removed(guard.size() as u64);
             self.folios.fetch_sub(1, Ordering::Relaxed);
         }
@@ -451,7 +488,7 @@ impl Mapping {
 
     /// Ends writeback of a folio whose write I/O is all done: flag and tag cleared, waiters
     /// woken. Runs on completion paths without the folio lock.
-    pub(crate) fn end_writeback(&self, folio: &Arc<Folio>) {
+    pub(crate) fn end_writeback(&self, folio: &Folio) {
         // A folio removed from the index had its tags cleared then, and its offset may since
         // hold another folio whose tags are not this one's to clear.
         if !folio.is_detached() {
@@ -611,7 +648,7 @@ impl Mapping {
     /// the folio it filled until it has copied from it, so reclaim cannot take a read's data
     /// before the read sees it. Pins are taken with the shard held shared and checked with it
     /// held exclusive, so none can appear meanwhile.
-    pub(crate) fn evict(&self, folio: &Arc<Folio>) -> bool {
+    pub(crate) fn evict(&self, folio: &Folio) -> bool {
         let Some(guard) = folio.try_lock() else {
             return false;
         };
@@ -632,7 +669,8 @@ impl Mapping {
         if guard.is_pinned() {
             return false;
         }
-        if shard.remove(&guard.pos()).is_some() {
+        if self.holds(&shard, &guard) {
+            shard.remove(self.key(guard.pos()));
             self.cache.gauges().removed(guard.size() as u64);
             self.folios.fetch_sub(1, Ordering::Relaxed);
         }
@@ -724,9 +762,11 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         let gauges = self.cache.gauges();
         let tags = self.tags.get_mut();
+        let page_shift = self.page_shift;
         for shard in self.shards.iter_mut() {
-            for (pos, f) in shard.get_mut().iter() {
-                let size = f.size() as u64;
+            for (key, f) in shard.get_mut().range(0, u64::MAX) {
+                let pos = &(key << page_shift);
+                let size = f.len() as u64;
                 gauges.removed(size);
                 if tags.dirty.contains(pos) {
                     gauges.tagged(Gauge::Dirty, size, false);

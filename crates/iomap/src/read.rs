@@ -290,7 +290,7 @@ pub(crate) fn read_folios(
 
 /// The folio being read and how much of its read-pending share the reader still holds.
 struct CurFolio {
-    folio: Arc<Folio>,
+    folio: Folio,
     held: u64,
 }
 
@@ -299,12 +299,12 @@ struct PendingRead {
     req: DeviceRequest,
     file_end: u64,
     dev_end: DevAddr,
-    parts: Vec<(Arc<Folio>, usize, usize)>,
+    parts: Vec<(Folio, usize, usize)>,
 }
 
 struct ReadCtx<'a> {
     mapping: &'a Mapping,
-    queue: VecDeque<Arc<Folio>>,
+    queue: VecDeque<Folio>,
     cur: Option<CurFolio>,
     pending: Option<PendingRead>,
     max_request: u64,
@@ -331,11 +331,11 @@ impl<'a> ReadCtx<'a> {
     }
 
     /// The folio holding `pos`, ending the reads of folios before it.
-    fn folio_at(&mut self, pos: u64) -> Arc<Folio> {
+    fn folio_at(&mut self, pos: u64) -> Folio {
         loop {
             if let Some(cur) = &self.cur {
                 if cur.folio.end() > pos {
-                    return Arc::clone(&cur.folio);
+                    return cur.folio.clone();
                 }
             }
             self.end_current();
@@ -389,14 +389,7 @@ impl<'a> ReadCtx<'a> {
 
     /// Adds `[poff, poff + plen)` of `folio`, at file offset `pos` and device address `addr`,
     /// to the request being built, or submits that one and starts another (R3).
-    fn queue_range(
-        &mut self,
-        folio: &Arc<Folio>,
-        poff: usize,
-        plen: usize,
-        pos: u64,
-        addr: DevAddr,
-    ) {
+    fn queue_range(&mut self, folio: &Folio, poff: usize, plen: usize, pos: u64, addr: DevAddr) {
         let (mut poff, mut plen, mut pos, mut addr) = (poff, plen, pos, addr);
         while plen > 0 {
             let joins = self.pending.as_ref().is_some_and(|p| {
@@ -418,8 +411,8 @@ impl<'a> ReadCtx<'a> {
             let n = plen.min(room);
             pending
                 .req
-                .push_segment(BufRange::new(folio.data().clone(), poff, n));
-            pending.parts.push((Arc::clone(folio), poff, n));
+                .push_segment(BufRange::new(folio.data(), poff, n));
+            pending.parts.push((folio.clone(), poff, n));
             pending.file_end += n as u64;
             pending.dev_end = pending.dev_end + n as u64;
             if let Some(cur) = self.cur.as_mut() {
@@ -486,7 +479,7 @@ impl<'a> ReadCtx<'a> {
 pub(crate) fn fill_inline(folio: &Folio, off: usize, len: usize, iomap: &Iomap) {
     let pos = folio.pos() + off as u64;
     let start = (pos - iomap.offset) as usize;
-    let mut data = folio.data().write();
+    let mut data = folio.frame().write();
     let dst = &mut data[off..off + len];
     match &iomap.inline_data {
         Some(inline) => {

@@ -276,7 +276,7 @@ fn copy_from_source(
     src: &mut dyn WriteSource,
     src_error: &mut Option<io::Error>,
 ) -> usize {
-    let mut data = guard.data().write();
+    let mut data = guard.frame().write();
     let dst = &mut data[off..off + bytes];
     let mut n = 0;
     while n < bytes {
@@ -393,7 +393,7 @@ fn read_blocks_sync(
     let mut done = 0;
     while done < blen {
         let n = (blen - done).min(max);
-        let seg = BufRange::new(guard.data().clone(), boff + done, n);
+        let seg = BufRange::new(guard.data(), boff + done, n);
         stats.dev_read_requests.add(1);
         stats.dev_read_bytes.add(n as u64);
         if let Err(e) = mapping
@@ -564,7 +564,7 @@ pub fn page_mkwrite(mapping: &Mapping, ops: &dyn IomapOps, pos: u64) -> Result<M
         }
         let (guard, _) = mapping.grab_folio(pos, mapping.min_folio_size() as u64);
         if !guard.is_uptodate() {
-            let folio = Arc::clone(&guard);
+            let folio = (*guard).clone();
             read_folios(mapping, ops, vec![guard])?;
             folio.wait_unlocked();
             if !folio.is_detached() && !folio.is_uptodate() {

@@ -341,7 +341,7 @@ fn reclaim_passes_over_a_pinned_folio() {
     let before = m.nr_folios();
     assert!(before > 0);
     let pin = m.find_pinned(0).unwrap();
-    let folio = Arc::clone(&pin);
+    let folio = (*pin).clone();
     files.cache.reclaim(u64::MAX);
     assert_eq!(m.nr_folios(), 1, "only the pinned folio stays");
     assert!(!folio.is_detached());

@@ -170,7 +170,11 @@ fn bad_arguments_are_refused_with_a_reason() {
     assert_eq!(st.code(), Some(1));
     assert!(out.contains("not a directory"), "{out}");
 
-    let (st, out) = run(&["bench", "--child", "--only", "seq-read,merge"]);
+    let (st, out) = run(&["bench", "--child", "0", "--only", "seq-read,merge"]);
     assert_eq!(st.code(), Some(1));
     assert!(out.contains("exactly one case"), "{out}");
+
+    let (st, out) = run(&["bench", "--quick", "--child", "2", "--only", "metadata"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(out.contains("no row 2"), "{out}");
 }

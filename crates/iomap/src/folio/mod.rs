@@ -1,32 +1,35 @@
 //! Folios: naturally aligned, power-of-two runs of file bytes held in the cache.
 //!
-//! A folio carries whole-folio flags (locked, uptodate, dirty, writeback) and, when it holds
-//! more than one block, a [`FolioState`] with a bit per block. The state is made on first need
-//! and inherits the whole-folio flags then. A folio of one block never has state: its flags say
-//! everything.
+//! A [`Folio`] is a handle: a reference to a frame of the cache's arena (see
+//! [`iomap_dev::FrameArena`]) with the file offset it holds. The frame's descriptor is all the
+//! cache keeps per folio: its owner's word carries the whole-folio flags (locked, uptodate,
+//! dirty, writeback, ...) and the count of readers pinning it, and the frame's own word its
+//! references and the lock over its bytes. A cache of 4 KiB folios so spends eight bytes of
+//! descriptor per folio, plus four in the mapping's index.
+//!
+//! A folio holding more than one block also has a [`FolioState`] with a bit per block, kept as
+//! the frame's extension, made on first need; it inherits the whole-folio flags then. A folio
+//! of one block has state only to report a failed read.
 //!
 //! Locking: the folio lock ([`Folio::lock`]) is held across read I/O (released by the last
 //! completion), across `write_begin`..`write_end`, and while writeback is set up. The state
-//! mutex is a leaf lock held only for bit operations. The data lock (inside [`SharedBuf`]) is a
-//! leaf lock held only for the span of a copy or a device transfer; copying out of an uptodate
-//! folio takes it shared and never takes the folio lock.
+//! lock (the extension lock, shared by the folios of one arena chunk) is a leaf lock held only
+//! for bit operations. The data lock (the frame's) is a leaf lock held only for the span of a
+//! copy or a device transfer; copying out of an uptodate folio takes it shared and never takes
+//! the folio lock. Waiters sleep on hashed queues keyed by the folio's word, as the kernel's
+//! folio wait table.
 //!
-//! Lock order: folio lock (in file order when several) → state mutex; folio lock → data lock.
-//! The state mutex and data lock are never held together and never held across a submit.
+//! Lock order: folio lock (in file order when several) → state lock; folio lock → data lock.
+//! The state lock and data lock are never held together and never held across a submit.
 
 mod state;
 
 pub use state::{BlockBitmap, FolioState};
 
+use iomap_dev::{Frame, FrameArena, SharedBuf};
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
-
-use iomap_dev::{IoBuf, SharedBuf};
-
-use crate::memory::BufPool;
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const LOCKED: u32 = 1 << 0;
 const UPTODATE: u32 = 1 << 1;
@@ -38,28 +41,29 @@ const READAHEAD: u32 = 1 << 6;
 const REFERENCED: u32 = 1 << 7;
 const ACTIVE: u32 = 1 << 8;
 const DROPBEHIND: u32 = 1 << 9;
+/// One reader's pin: the pin count is the word's top half.
+const PIN: u32 = 1 << 16;
+const PINS: u32 = 0xffff << 16;
 
 /// What debug builds fill new folios with (the kernel's slab poison byte).
 #[cfg(debug_assertions)]
 pub const POISON: u8 = 0x6b;
 
-/// A folio of the page cache.
+/// A folio of the page cache: a counted reference, cheap to clone (see the module comment).
+#[derive(Clone)]
 pub struct Folio {
+    frame: Frame,
     pos: u64,
-    size: usize,
-    block_shift: u32,
-    flags: AtomicU32,
-    /// Boxed: most folios of a cache of small folios hold one block and never need one.
-    state: Mutex<Option<Box<FolioState>>>,
-    data: SharedBuf,
-    /// Where the buffer goes back when the folio is gone.
-    pool: Weak<BufPool>,
-    /// Errno of the last failed read into this folio, for the reader waiting on it.
-    read_error: AtomicI32,
-    /// Readers that have yet to copy from the folio: reclaim leaves it alone while any do.
-    pins: AtomicU32,
-    waitq: Mutex<()>,
-    wake: Condvar,
+    block_shift: u8,
+}
+
+/// What a folio keeps beside its descriptor, when it needs anything.
+#[derive(Debug, Default)]
+struct FolioExt {
+    /// Per-block state, for a folio of several blocks.
+    state: Option<FolioState>,
+    /// Errno of the last failed read into the folio, for the reader waiting on it.
+    read_error: i32,
 }
 
 /// A snapshot of a folio's flags and per-block bits, for tests and diagnostics.
@@ -83,53 +87,62 @@ pub struct FolioSnapshot {
     pub has_state: bool,
 }
 
+/// Where folios made outside a cache (by unit tests) get their memory.
+#[cfg(test)]
+static LOOSE: std::sync::LazyLock<FrameArena> =
+    std::sync::LazyLock::new(|| FrameArena::new(4096, 2 << 20));
+
 impl Folio {
     /// A new folio of `size` bytes at file offset `pos`, returned locked and not uptodate.
     #[cfg(test)]
     pub(crate) fn new_locked(pos: u64, size: usize, block_shift: u32) -> FolioGuard {
-        Self::new_in(pos, size, block_shift, None)
+        Self::new_in(&LOOSE, pos, size, block_shift)
     }
 
-    /// A new locked folio whose buffer comes from, and goes back to, `pool`.
-    pub(crate) fn new_pooled(
+    /// A new locked folio whose memory comes from `arena`.
+    pub(crate) fn new_in(
+        arena: &FrameArena,
         pos: u64,
         size: usize,
         block_shift: u32,
-        pool: &Arc<BufPool>,
     ) -> FolioGuard {
-        Self::new_in(pos, size, block_shift, Some(pool))
-    }
-
-    fn new_in(pos: u64, size: usize, block_shift: u32, pool: Option<&Arc<BufPool>>) -> FolioGuard {
         debug_assert!(size.is_power_of_two() && size >= 1 << block_shift);
         debug_assert_eq!(
             pos % size as u64,
             0,
             "folio at {pos} is not naturally aligned"
         );
-        #[allow(unused_mut)]
-        let mut buf = match pool {
-            Some(p) => p.take(size),
-            None => IoBuf::zeroed(size),
-        };
+        let frame = arena.alloc(size, LOCKED);
         // Debug builds poison new folios, so a path that exposes bytes it never filled shows
-        // them instead of passing on lucky zeros (recycled buffers are not zero either).
+        // them instead of passing on lucky zeros (recycled memory is not zero either).
         #[cfg(debug_assertions)]
-        buf.fill(POISON);
-        let folio = Arc::new(Self {
+        frame.write().fill(POISON);
+        FolioGuard {
+            folio: Some(Self {
+                frame,
+                pos,
+                block_shift: block_shift as u8,
+            }),
+        }
+    }
+
+    /// The folio whose frame a mapping's index keeps at `pos`.
+    pub(crate) fn from_frame(frame: Frame, pos: u64, block_shift: u32) -> Self {
+        Self {
+            frame,
             pos,
-            size,
-            block_shift,
-            flags: AtomicU32::new(LOCKED),
-            state: Mutex::new(None),
-            data: buf.shared(),
-            pool: pool.map_or_else(Weak::new, Arc::downgrade),
-            read_error: AtomicI32::new(0),
-            pins: AtomicU32::new(0),
-            waitq: Mutex::new(()),
-            wake: Condvar::new(),
-        });
-        FolioGuard { folio: Some(folio) }
+            block_shift: block_shift as u8,
+        }
+    }
+
+    /// The frame holding the folio's bytes.
+    pub(crate) fn frame(&self) -> &Frame {
+        &self.frame
+    }
+
+    /// Whether `a` and `b` are the same folio.
+    pub fn same(a: &Self, b: &Self) -> bool {
+        Frame::same(&a.frame, &b.frame)
     }
 
     /// File offset of the first byte.
@@ -139,12 +152,12 @@ impl Folio {
 
     /// Size in bytes.
     pub fn size(&self) -> usize {
-        self.size
+        self.frame.len()
     }
 
     /// One past the last file byte.
     pub fn end(&self) -> u64 {
-        self.pos + self.size as u64
+        self.pos + self.size() as u64
     }
 
     /// Block size in bytes.
@@ -154,16 +167,20 @@ impl Folio {
 
     /// Number of blocks.
     pub fn nblocks(&self) -> usize {
-        self.size >> self.block_shift
+        self.size() >> self.block_shift
     }
 
-    /// The buffer holding the folio's bytes.
-    pub fn data(&self) -> &SharedBuf {
-        &self.data
+    /// The folio's bytes as a buffer device requests can carry.
+    pub fn data(&self) -> SharedBuf {
+        SharedBuf::from(self.frame.clone())
+    }
+
+    fn flags(&self) -> &AtomicU32 {
+        self.frame.word()
     }
 
     fn test(&self, bit: u32) -> bool {
-        self.flags.load(Ordering::Acquire) & bit != 0
+        self.flags().load(Ordering::Acquire) & bit != 0
     }
 
     /// Every block is uptodate.
@@ -190,45 +207,46 @@ impl Folio {
     /// referenced, a second makes it active (protected from reclaim while the active set is
     /// no larger than the inactive one). Hot folios pay only a load.
     pub fn mark_accessed(&self) {
-        let f = self.flags.load(Ordering::Relaxed);
+        let f = self.flags().load(Ordering::Relaxed);
         if f & ACTIVE != 0 {
             return;
         }
         if f & REFERENCED == 0 {
             // A cached read wants it kept: it is no longer dropped after writeback.
             if f & DROPBEHIND != 0 {
-                self.flags.fetch_and(!DROPBEHIND, Ordering::Relaxed);
+                self.flags().fetch_and(!DROPBEHIND, Ordering::Relaxed);
             }
-            self.flags.fetch_or(REFERENCED, Ordering::Relaxed);
+            self.flags().fetch_or(REFERENCED, Ordering::Relaxed);
         } else {
-            self.flags.fetch_or(ACTIVE, Ordering::Relaxed);
-            self.flags.fetch_and(!REFERENCED, Ordering::Relaxed);
+            self.flags().fetch_or(ACTIVE, Ordering::Relaxed);
+            self.flags().fetch_and(!REFERENCED, Ordering::Relaxed);
         }
     }
 
     /// Pins the folio against eviction until the pin is dropped. The mapping pins only with
     /// the folio's index shard held or the folio locked, so eviction, which checks with both
     /// held, never misses a pin.
-    pub(crate) fn pin(self: &Arc<Self>) -> FolioPin {
-        self.pins.fetch_add(1, Ordering::AcqRel);
-        FolioPin(Arc::clone(self))
+    pub(crate) fn pin(&self) -> FolioPin {
+        let old = self.flags().fetch_add(PIN, Ordering::AcqRel);
+        assert!(old & PINS != PINS, "folio {} has too many pins", self.pos);
+        FolioPin(self.clone())
     }
 
     /// Pinned by a reader.
     pub(crate) fn is_pinned(&self) -> bool {
-        self.pins.load(Ordering::Acquire) > 0
+        self.flags().load(Ordering::Acquire) & PINS != 0
     }
 
     /// Marks the folio to be dropped once its writeback ends (the kernel's
     /// `PG_dropbehind`, set by uncached writes).
     pub(crate) fn set_dropbehind(&self) {
-        self.flags.fetch_or(DROPBEHIND, Ordering::Relaxed);
+        self.flags().fetch_or(DROPBEHIND, Ordering::Relaxed);
     }
 
     /// No longer to be dropped after writeback.
     pub(crate) fn clear_dropbehind(&self) {
         if self.test(DROPBEHIND) {
-            self.flags.fetch_and(!DROPBEHIND, Ordering::Relaxed);
+            self.flags().fetch_and(!DROPBEHIND, Ordering::Relaxed);
         }
     }
 
@@ -244,23 +262,23 @@ impl Folio {
 
     /// Clears the referenced bit; whether it was set (a second chance in reclaim).
     pub(crate) fn test_clear_referenced(&self) -> bool {
-        self.flags.fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED != 0
+        self.flags().fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED != 0
     }
 
     /// Moves the folio to the inactive list, unreferenced.
     pub(crate) fn deactivate(&self) {
-        self.flags
+        self.flags()
             .fetch_and(!(ACTIVE | REFERENCED), Ordering::Relaxed);
     }
 
     /// Sets the readahead marker (the kernel's PG_readahead).
     pub fn set_readahead(&self) {
-        self.flags.fetch_or(READAHEAD, Ordering::Relaxed);
+        self.flags().fetch_or(READAHEAD, Ordering::Relaxed);
     }
 
     /// Clears the readahead marker; whether it was set. One reader wins it.
     pub fn test_clear_readahead(&self) -> bool {
-        self.flags.fetch_and(!READAHEAD, Ordering::Relaxed) & READAHEAD != 0
+        self.flags().fetch_and(!READAHEAD, Ordering::Relaxed) & READAHEAD != 0
     }
 
     /// Locked by someone.
@@ -284,27 +302,25 @@ impl Folio {
         (first, last - first + 1)
     }
 
-    fn state(&self) -> MutexGuard<'_, Option<Box<FolioState>>> {
-        self.state.lock()
+    /// Runs `f` on the folio's state, or on `None` if it has none.
+    fn with_state<R>(&self, f: impl FnOnce(Option<&mut FolioState>) -> R) -> R {
+        self.frame
+            .ext::<FolioExt, _>(|e| f(e.and_then(|e| e.state.as_mut())))
     }
 
-    /// The folio's state, made now if the folio holds several blocks and has none yet; `None`
-    /// for a single-block folio.
-    fn state_mut<'a>(
-        &self,
-        slot: &'a mut MutexGuard<'_, Option<Box<FolioState>>>,
-    ) -> Option<&'a mut FolioState> {
-        if self.nblocks() == 1 {
-            return None;
+    /// Runs `f` on the folio's state, made now if the folio holds several blocks and has
+    /// none yet; on `None` for a single-block folio.
+    fn with_state_made<R>(&self, f: impl FnOnce(Option<&mut FolioState>) -> R) -> R {
+        let n = self.nblocks();
+        if n == 1 {
+            return f(None);
         }
-        if slot.is_none() {
-            **slot = Some(Box::new(FolioState::new(
-                self.nblocks(),
-                self.is_uptodate(),
-                self.is_dirty(),
-            )));
-        }
-        slot.as_deref_mut()
+        self.frame.with_ext(FolioExt::default, |e| {
+            let s = e
+                .state
+                .get_or_insert_with(|| FolioState::new(n, self.is_uptodate(), self.is_dirty()));
+            f(Some(s))
+        })
     }
 
     /// Whether every block touching `[off, off + len)` is uptodate.
@@ -313,10 +329,7 @@ impl Folio {
             return true;
         }
         let (first, count) = self.blocks_of(off, len);
-        match &*self.state() {
-            Some(s) => s.uptodate.all_set(first, count),
-            None => false,
-        }
+        self.with_state(|s| s.is_some_and(|s| s.uptodate.all_set(first, count)))
     }
 
     /// Whether block `block` is uptodate.
@@ -329,10 +342,7 @@ impl Folio {
         if !self.is_dirty() {
             return false;
         }
-        match &*self.state() {
-            Some(s) => s.dirty.get(block),
-            None => true,
-        }
+        self.with_state(|s| s.is_none_or(|s| s.dirty.get(block)))
     }
 
     /// Marks the blocks touching `[off, off + len)` uptodate, and the folio when all are. The
@@ -341,19 +351,16 @@ impl Folio {
         if len == 0 || self.is_uptodate() {
             return;
         }
-        let all = {
-            let mut slot = self.state();
-            match self.state_mut(&mut slot) {
-                Some(s) => {
-                    let (first, count) = self.blocks_of(off, len);
-                    s.uptodate.set_range(first, count);
-                    s.uptodate.is_full()
-                }
-                None => true,
+        let (first, count) = self.blocks_of(off, len);
+        let all = self.with_state_made(|s| match s {
+            Some(s) => {
+                s.uptodate.set_range(first, count);
+                s.uptodate.is_full()
             }
-        };
+            None => true,
+        });
         if all {
-            self.flags.fetch_or(UPTODATE, Ordering::Release);
+            self.flags().fetch_or(UPTODATE, Ordering::Release);
         }
     }
 
@@ -362,58 +369,60 @@ impl Folio {
         if !self.is_dirty() {
             return Vec::new();
         }
-        match &*self.state() {
+        let shift = self.block_shift;
+        self.with_state(|s| match s {
             Some(s) => s
                 .dirty
                 .runs()
-                .map(|(first, count)| (first << self.block_shift, count << self.block_shift))
+                .map(|(first, count)| (first << shift, count << shift))
                 .collect(),
-            None => vec![(0, self.size)],
-        }
+            None => vec![(0, self.size())],
+        })
     }
 
     /// Zeroes `len` bytes at `off`; the caller owns the folio lock (possibly handed to I/O).
     pub(crate) fn zero_data(&self, off: usize, len: usize) {
-        self.data.write()[off..off + len].fill(0);
+        self.frame.write()[off..off + len].fill(0);
     }
 
     /// Copies `dst.len()` bytes from folio offset `off`.
     pub fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        dst.copy_from_slice(&self.data.read()[off..off + dst.len()]);
+        dst.copy_from_slice(&self.frame.read()[off..off + dst.len()]);
     }
 
     /// Flags and per-block bits, for tests and diagnostics.
     pub fn snapshot(&self) -> FolioSnapshot {
-        let slot = self.state();
         let n = self.nblocks();
-        let (uptodate_blocks, dirty_blocks) = match &*slot {
+        let (uptodate, dirty) = (self.is_uptodate(), self.is_dirty());
+        let (uptodate_blocks, dirty_blocks, has_state) = self.with_state(|s| match s {
             Some(s) => (
                 (0..n).map(|i| s.uptodate.get(i)).collect(),
                 (0..n).map(|i| s.dirty.get(i)).collect(),
+                true,
             ),
-            None => (vec![self.is_uptodate(); n], vec![self.is_dirty(); n]),
-        };
+            None => (vec![uptodate; n], vec![dirty; n], false),
+        });
         FolioSnapshot {
             pos: self.pos,
-            size: self.size,
+            size: self.size(),
             uptodate: self.is_uptodate(),
             dirty: self.is_dirty(),
             writeback: self.is_writeback(),
             uptodate_blocks,
             dirty_blocks,
-            has_state: slot.is_some(),
+            has_state,
         }
     }
 
     /// Bytes of read I/O pending, as [`FolioState`] counts them (0 without state).
     pub fn read_bytes_pending(&self) -> u64 {
-        self.state().as_ref().map_or(0, |s| s.read_bytes_pending)
+        self.with_state(|s| s.map_or(0, |s| s.read_bytes_pending))
     }
 
     // ---- locking and waiting ----
 
     /// Takes the folio lock, waiting for it.
-    pub fn lock(self: &Arc<Self>) -> FolioGuard {
+    pub fn lock(&self) -> FolioGuard {
         loop {
             if let Some(guard) = self.try_lock() {
                 return guard;
@@ -423,10 +432,10 @@ impl Folio {
     }
 
     /// Takes the folio lock if it is free.
-    pub fn try_lock(self: &Arc<Self>) -> Option<FolioGuard> {
-        let old = self.flags.fetch_or(LOCKED, Ordering::AcqRel);
+    pub fn try_lock(&self) -> Option<FolioGuard> {
+        let old = self.flags().fetch_or(LOCKED, Ordering::AcqRel);
         (old & LOCKED == 0).then(|| FolioGuard {
-            folio: Some(Arc::clone(self)),
+            folio: Some(self.clone()),
         })
     }
 
@@ -441,28 +450,23 @@ impl Folio {
     }
 
     fn wait_while(&self, bit: u32) {
-        if !self.test(bit) {
-            return;
-        }
-        let mut q = self.waitq.lock();
         loop {
-            // Announce the waiter before re-checking, under the queue lock, so that a clearer
-            // either sees WAITERS or we see its cleared bit.
-            self.flags.fetch_or(WAITERS, Ordering::SeqCst);
-            if self.flags.load(Ordering::SeqCst) & bit == 0 {
+            if !self.test(bit) {
                 return;
             }
-            self.wake.wait(&mut q);
+            // Announce the waiter before sleeping; the sleep re-checks both bits under the
+            // wait queue's lock, so a clearer either sees WAITERS or we see its cleared bit.
+            self.flags().fetch_or(WAITERS, Ordering::SeqCst);
+            self.frame.park_while_set(bit | WAITERS);
         }
     }
 
     fn clear_and_wake(&self, bit: u32) {
-        let old = self.flags.fetch_and(!bit, Ordering::SeqCst);
+        let old = self.flags().fetch_and(!bit, Ordering::SeqCst);
         debug_assert!(old & bit != 0, "clearing flag {bit:#x} that was not set");
-        if old & WAITERS != 0 || self.flags.load(Ordering::SeqCst) & WAITERS != 0 {
-            let _q = self.waitq.lock();
-            self.flags.fetch_and(!WAITERS, Ordering::SeqCst);
-            self.wake.notify_all();
+        if old & WAITERS != 0 || self.flags().load(Ordering::SeqCst) & WAITERS != 0 {
+            self.flags().fetch_and(!WAITERS, Ordering::SeqCst);
+            self.frame.unpark_all();
         }
     }
 
@@ -477,12 +481,20 @@ impl Folio {
     /// `read_bytes_pending` until it either hands parts to device requests or gives the rest
     /// back, so that no completion can end the read while it is still being built.
     pub(crate) fn begin_read(&self) {
-        self.read_error.store(0, Ordering::Relaxed);
-        let mut slot = self.state();
-        if let Some(s) = self.state_mut(&mut slot) {
-            debug_assert_eq!(s.read_bytes_pending, 0);
-            s.read_bytes_pending = self.size as u64;
+        if self.frame.has_ext() {
+            self.frame.ext::<FolioExt, _>(|e| {
+                if let Some(e) = e {
+                    e.read_error = 0;
+                }
+            });
         }
+        let size = self.size() as u64;
+        self.with_state_made(|s| {
+            if let Some(s) = s {
+                debug_assert_eq!(s.read_bytes_pending, 0);
+                s.read_bytes_pending = size;
+            }
+        });
     }
 
     /// Gives back `bytes` of read-pending accounting; true when this ended the read, in which
@@ -495,25 +507,31 @@ impl Folio {
     /// Subtracts `bytes` from the pending count `field` picks; true when it reached zero, or
     /// when the folio has no state (one owner, so giving back ends the I/O).
     fn give_back(&self, bytes: u64, what: &str, field: fn(&mut FolioState) -> &mut u64) -> bool {
-        let mut slot = self.state();
-        let Some(s) = slot.as_mut() else {
-            return true;
-        };
-        let pending = field(s);
-        *pending = pending
-            .checked_sub(bytes)
-            .unwrap_or_else(|| panic!("{what}_bytes_pending underflow at {}", self.pos));
-        *pending == 0
+        let pos = self.pos;
+        self.with_state(|s| {
+            let Some(s) = s else {
+                return true;
+            };
+            let pending = field(s);
+            *pending = pending
+                .checked_sub(bytes)
+                .unwrap_or_else(|| panic!("{what}_bytes_pending underflow at {pos}"));
+            *pending == 0
+        })
     }
 
     /// Records a failed read so that a waiting reader can report its errno.
     pub(crate) fn set_read_error(&self, errno: i32) {
-        self.read_error.store(errno, Ordering::Relaxed);
+        self.frame
+            .with_ext(FolioExt::default, |e| e.read_error = errno);
     }
 
     /// The errno of the last failed read, if any.
     pub(crate) fn read_error(&self) -> Option<i32> {
-        match self.read_error.load(Ordering::Relaxed) {
+        match self
+            .frame
+            .ext::<FolioExt, _>(|e| e.map_or(0, |e| e.read_error))
+        {
             0 => None,
             e => Some(e),
         }
@@ -522,9 +540,11 @@ impl Folio {
     /// Ends a read: the folio lock handed to I/O is released and waiters wake.
     pub(crate) fn end_read(&self) {
         #[cfg(debug_assertions)]
-        if let Some(s) = &*self.state() {
-            s.check();
-        }
+        self.with_state(|s| {
+            if let Some(s) = s {
+                s.check();
+            }
+        });
         self.unlock_from_io();
     }
 
@@ -533,9 +553,11 @@ impl Folio {
     /// Adds `bytes` queued for write I/O to `write_bytes_pending` (no-op without state: a
     /// single-block folio has one range, whose ioend ends its writeback).
     pub(crate) fn add_write_pending(&self, bytes: u64) {
-        if let Some(s) = self.state().as_mut() {
-            s.write_bytes_pending += bytes;
-        }
+        self.with_state(|s| {
+            if let Some(s) = s {
+                s.write_bytes_pending += bytes;
+            }
+        });
     }
 
     /// Gives back `bytes` of write-pending accounting; true when this ended the folio's write
@@ -546,7 +568,7 @@ impl Folio {
 
     /// Bytes of write I/O pending, as [`FolioState`] counts them (0 without state).
     pub fn write_bytes_pending(&self) -> u64 {
-        self.state().as_ref().map_or(0, |s| s.write_bytes_pending)
+        self.with_state(|s| s.map_or(0, |s| s.write_bytes_pending))
     }
 
     /// Clears the writeback flag and wakes waiters.
@@ -557,29 +579,11 @@ impl Folio {
     /// Sets `bit`; true when it was clear. Tests first, so re-dirtying a dirty folio does no
     /// locked write.
     fn set_flag(&self, bit: u32) -> bool {
-        !self.test(bit) && self.flags.fetch_or(bit, Ordering::AcqRel) & bit == 0
+        !self.test(bit) && self.flags().fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
     pub(crate) fn detach(&self) {
-        self.flags.fetch_or(DETACHED, Ordering::AcqRel);
-    }
-}
-
-/// What a dropped folio leaves in place of the buffer it gives back.
-static NO_BUFFER: LazyLock<SharedBuf> = LazyLock::new(|| IoBuf::zeroed(0).shared());
-
-impl Drop for Folio {
-    /// The buffer goes back to the pool, unless a request still holds it (it cannot, once
-    /// the folio is gone from the cache and its I/O has ended; if it does, it is freed).
-    fn drop(&mut self) {
-        let Some(pool) = self.pool.upgrade() else {
-            return;
-        };
-        pool.release(self.size);
-        let data = std::mem::replace(&mut self.data, NO_BUFFER.clone());
-        if let Some(buf) = data.into_inner() {
-            pool.give(buf);
-        }
+        self.flags().fetch_or(DETACHED, Ordering::AcqRel);
     }
 }
 
@@ -587,10 +591,10 @@ impl fmt::Debug for Folio {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Folio")
             .field("pos", &self.pos)
-            .field("size", &self.size)
+            .field("size", &self.size())
             .field(
                 "flags",
-                &format_args!("{:#x}", self.flags.load(Ordering::Relaxed)),
+                &format_args!("{:#x}", self.flags().load(Ordering::Relaxed)),
             )
             .finish()
     }
@@ -598,30 +602,30 @@ impl fmt::Debug for Folio {
 
 /// A reader's pin on a folio: reclaim leaves the folio in the cache while it lives; dropping
 /// it unpins. Taken by [`crate::Mapping::find_pinned`].
-pub struct FolioPin(Arc<Folio>);
+pub struct FolioPin(Folio);
 
 impl Deref for FolioPin {
-    type Target = Arc<Folio>;
-    fn deref(&self) -> &Arc<Folio> {
+    type Target = Folio;
+    fn deref(&self) -> &Folio {
         &self.0
     }
 }
 
 impl Drop for FolioPin {
     fn drop(&mut self) {
-        self.0.pins.fetch_sub(1, Ordering::AcqRel);
+        self.0.flags().fetch_sub(PIN, Ordering::AcqRel);
     }
 }
 
 /// Proof that the folio lock is held; dropping it unlocks.
 pub struct FolioGuard {
     /// Always `Some` until `into_io` takes the lock away from the guard.
-    folio: Option<Arc<Folio>>,
+    folio: Option<Folio>,
 }
 
 impl Deref for FolioGuard {
-    type Target = Arc<Folio>;
-    fn deref(&self) -> &Arc<Folio> {
+    type Target = Folio;
+    fn deref(&self) -> &Folio {
         match &self.folio {
             Some(folio) => folio,
             None => unreachable!("a guard is not used after into_io"),
@@ -640,21 +644,16 @@ impl Drop for FolioGuard {
 impl FolioGuard {
     /// Hands the lock to I/O: the folio stays locked and the I/O path releases it with
     /// [`Folio::end_read`].
-    pub(crate) fn into_io(mut self) -> Arc<Folio> {
+    pub(crate) fn into_io(mut self) -> Folio {
         match self.folio.take() {
             Some(folio) => folio,
             None => unreachable!("a guard is not used after into_io"),
         }
     }
 
-    /// Pins the locked folio against eviction (see [`Folio::pin`]).
-    pub(crate) fn pin(&self) -> FolioPin {
-        Folio::pin(self)
-    }
-
     /// Copies `src` into the folio at `off`.
     pub fn copy_in(&self, off: usize, src: &[u8]) {
-        self.data.write()[off..off + src.len()].copy_from_slice(src);
+        self.frame.write()[off..off + src.len()].copy_from_slice(src);
     }
 
     /// Zeroes `len` bytes at `off`.
@@ -668,17 +667,16 @@ impl FolioGuard {
         if len == 0 {
             return false;
         }
-        {
-            let mut slot = self.state();
-            if let Some(s) = self.state_mut(&mut slot) {
-                let (first, count) = self.blocks_of(off, len);
+        let (first, count) = self.blocks_of(off, len);
+        self.with_state_made(|s| {
+            if let Some(s) = s {
                 debug_assert!(
                     s.uptodate.all_set(first, count),
                     "dirtying blocks {first}+{count} that are not uptodate"
                 );
                 s.dirty.set_range(first, count);
             }
-        }
+        });
         self.set_flag(DIRTY)
     }
 
@@ -689,15 +687,14 @@ impl FolioGuard {
     pub(crate) fn start_writeback(&self) -> bool {
         let had = self.set_flag(WRITEBACK);
         debug_assert!(had, "folio {} already under writeback", self.pos);
-        let mut slot = self.state();
-        match self.state_mut(&mut slot) {
+        self.with_state_made(|s| match s {
             Some(s) => {
                 debug_assert_eq!(s.write_bytes_pending, 0);
                 s.write_bytes_pending = 1;
                 true
             }
             None => false,
-        }
+        })
     }
 
     /// Clears dirty bits for blocks wholly inside `[off, off + len)`. Returns true when the
@@ -712,17 +709,14 @@ impl FolioGuard {
         if end <= first {
             return false;
         }
-        let clean = {
-            let mut slot = self.state();
-            match self.state_mut(&mut slot) {
-                Some(s) => {
-                    s.dirty.clear_range(first, end - first);
-                    !s.dirty.any_set(0, s.dirty.len())
-                }
-                None => true,
+        let clean = self.with_state_made(|s| match s {
+            Some(s) => {
+                s.dirty.clear_range(first, end - first);
+                !s.dirty.any_set(0, s.dirty.len())
             }
-        };
-        clean && self.flags.fetch_and(!DIRTY, Ordering::AcqRel) & DIRTY != 0
+            None => true,
+        });
+        clean && self.flags().fetch_and(!DIRTY, Ordering::AcqRel) & DIRTY != 0
     }
 }
 
@@ -763,8 +757,8 @@ mod tests {
     #[test]
     fn the_lock_hands_over_between_threads() {
         let g = Folio::new_locked(0, 4096, 12);
-        let folio = Arc::clone(&g);
-        let other = Arc::clone(&g);
+        let folio = (*g).clone();
+        let other = (*g).clone();
         let t = std::thread::spawn(move || other.lock().copy_in(0, b"x"));
         g.copy_in(0, b"a");
         // The other thread's copy can only happen after this guard drops.
@@ -781,7 +775,7 @@ mod tests {
         let g = Folio::new_locked(0, 4096, 12);
         let folio = g.into_io();
         assert!(folio.is_locked());
-        assert!(Arc::clone(&folio).try_lock().is_none());
+        assert!(folio.try_lock().is_none());
         folio.end_read();
         assert!(!folio.is_locked());
         assert!(folio.try_lock().is_some());

@@ -214,7 +214,7 @@ fn sweep(
     s
 }
 
-fn visit(mapping: &Mapping, f: &Arc<Folio>, s: &mut Sweep, active: &mut Active) {
+fn visit(mapping: &Mapping, f: &Folio, s: &mut Sweep, active: &mut Active) {
     let size = f.size() as u64;
     if f.is_active() {
         s.active_bytes += size;

@@ -90,7 +90,7 @@ impl fmt::Debug for Ioend {
 pub(crate) struct IoendBuild {
     pub(crate) ioend: Ioend,
     req: DeviceRequest,
-    parts: Vec<(Arc<Folio>, u64)>,
+    parts: Vec<(Folio, u64)>,
 }
 
 impl IoendBuild {
@@ -118,13 +118,13 @@ impl IoendBuild {
     }
 
     /// Adds `len` bytes at folio offset `off`; the folio's write-pending count grows with it.
-    pub(crate) fn push(&mut self, folio: &Arc<Folio>, off: usize, len: u64) {
+    pub(crate) fn push(&mut self, folio: &Folio, off: usize, len: u64) {
         self.req
-            .push_segment(BufRange::new(folio.data().clone(), off, len as usize));
+            .push_segment(BufRange::new(folio.data(), off, len as usize));
         folio.add_write_pending(len);
         match self.parts.last_mut() {
-            Some((f, n)) if Arc::ptr_eq(f, folio) => *n += len,
-            _ => self.parts.push((Arc::clone(folio), len)),
+            Some((f, n)) if Folio::same(f, folio) => *n += len,
+            _ => self.parts.push((folio.clone(), len)),
         }
         self.ioend.size += len;
     }
@@ -133,15 +133,15 @@ impl IoendBuild {
 impl IoendBuild {
     /// Splits off the bytes of `folio` at the tail of this ioend (the folio being written back
     /// is always the last one added), leaving the rest; `None` if the tail is another folio's.
-    pub(crate) fn split_tail(&mut self, folio: &Arc<Folio>) -> Option<IoendBuild> {
+    pub(crate) fn split_tail(&mut self, folio: &Folio) -> Option<IoendBuild> {
         let (last, len) = self.parts.last()?;
-        if !Arc::ptr_eq(last, folio) {
+        if !Folio::same(last, folio) {
             return None;
         }
         let len = *len;
         let (folio, _) = self.parts.pop()?;
         let seg = self.req.segments.pop()?;
-        debug_assert!(SharedBuf::same(&seg.buf, folio.data()) && seg.len as u64 == len);
+        debug_assert!(SharedBuf::same(&seg.buf, &folio.data()) && seg.len as u64 == len);
         self.ioend.size -= len;
         let offset = self.ioend.end();
         let addr = self.ioend.addr + self.ioend.size;
@@ -210,7 +210,7 @@ fn complete(
     mapping: Arc<Mapping>,
     ops: Arc<dyn WritebackOps>,
     mut ioend: Ioend,
-    parts: Vec<(Arc<Folio>, u64)>,
+    parts: Vec<(Folio, u64)>,
     errno: Option<i32>,
 ) {
     ioend.error = errno;
@@ -232,7 +232,7 @@ fn complete(
 }
 
 /// Ends the write I/O of each folio part, ending writeback of folios with none left.
-fn finish(mapping: &Mapping, parts: Vec<(Arc<Folio>, u64)>) {
+fn finish(mapping: &Mapping, parts: Vec<(Folio, u64)>) {
     for (folio, len) in parts {
         if folio.write_done(len) {
             mapping.end_writeback(&folio);
@@ -245,7 +245,7 @@ pub(crate) struct Done {
     mapping: Arc<Mapping>,
     ops: Arc<dyn WritebackOps>,
     ioend: Ioend,
-    parts: Vec<(Arc<Folio>, u64)>,
+    parts: Vec<(Folio, u64)>,
 }
 
 struct QueueState {

@@ -242,7 +242,7 @@ impl<'a> WritebackCtx<'a> {
     /// Fails, without I/O, the bytes of `folio` queued at the tail of the pending ioend: the
     /// blocks of a folio whose writeback failed part-way (R15). Blocks of earlier folios in the
     /// same ioend are unaffected and still go to the device.
-    fn fail_folio_tail(&mut self, folio: &Arc<Folio>, errno: i32) {
+    fn fail_folio_tail(&mut self, folio: &Folio, errno: i32) {
         let Some(pending) = self.pending.as_mut() else {
             return;
         };

@@ -4,7 +4,7 @@
 //! and each round's ratio, in a table or JSON, with an SVG chart of the ratios.
 //!
 //! The cases that measure the process's resident memory (`dirty-memory`, `metadata`) run each
-//! round in a fresh process (this executable with `--child`), since heap that earlier cases
+//! row of each round in a fresh process (this executable with `--child`), since heap that earlier cases
 //! freed would be reused and hide what the engine costs. The FUSE case needs root, fio,
 //! mkfs.xfs and a loop device, and is skipped with the reason when one is missing.
 //!
@@ -366,8 +366,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     cases.sort_unstable();
     cases.dedup();
     let sizes = if a.quick { Sizes::QUICK } else { Sizes::FULL };
-    if a.child {
-        return child(&a.dir, &cases, sizes);
+    if let Some(row) = a.child {
+        return child(&a.dir, &cases, row, sizes);
     }
     let rounds = a.rounds.map_or(if a.quick { 2 } else { 5 }, |r| r as usize);
     let scratch = Scratch::new(&a.dir)?;
@@ -465,38 +465,32 @@ fn isolated(case: Case, cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
     let exe = std::env::current_exe().context(|| "find this executable")?;
     for round in 0..cfg.rounds {
         p.stage_round(case.name(), round, cfg.rounds)?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "--child", "--only", case.name(), "--dir"])
-            .arg(&cfg.dir);
-        if cfg.quick {
-            cmd.arg("--quick");
-        }
-        let out = cmd
-            .output()
-            .context(|| format!("run {} {}", exe.display(), case.name()))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            return Err(fail(format!(
-                "{} in a child process failed ({}): {}",
-                case.name(),
-                out.status,
-                stderr.trim()
-            )));
-        }
-        for line in stderr.lines() {
-            p.log(line);
-        }
-        let figures: Vec<(f64, f64)> = serde_json::from_slice(&out.stdout)
-            .context(|| format!("the figures of {} in a child process", case.name()))?;
-        if figures.len() != rows.len() {
-            return Err(fail(format!(
-                "{} in a child process gave {} figures for {} rows",
-                case.name(),
-                figures.len(),
-                rows.len()
-            )));
-        }
-        for (row, (e, b)) in rows.iter_mut().zip(figures) {
+        for (k, row) in rows.iter_mut().enumerate() {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "--only", case.name(), "--child"])
+                .arg(k.to_string())
+                .arg("--dir")
+                .arg(&cfg.dir);
+            if cfg.quick {
+                cmd.arg("--quick");
+            }
+            let out = cmd
+                .output()
+                .context(|| format!("run {} {}", exe.display(), case.name()))?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                return Err(fail(format!(
+                    "{} in a child process failed ({}): {}",
+                    case.name(),
+                    out.status,
+                    stderr.trim()
+                )));
+            }
+            for line in stderr.lines() {
+                p.log(line);
+            }
+            let (e, b): (f64, f64) = serde_json::from_slice(&out.stdout)
+                .context(|| format!("the figures of {} in a child process", case.name()))?;
             row.push(e, b);
             p.round(round, cfg.rounds, row, ["engine", "baseline"]);
         }
@@ -506,12 +500,13 @@ fn isolated(case: Case, cfg: &Config, p: &Progress) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// `--child`: one round of one memory case in this process, its figures as JSON on stdout.
-fn child(dir: &Path, cases: &[Case], sizes: Sizes) -> Result<ExitCode> {
+/// `--child ROW`: one row of one memory case measured once in this process, its figures as
+/// JSON on stdout.
+fn child(dir: &Path, cases: &[Case], row: usize, sizes: Sizes) -> Result<ExitCode> {
     let &[case] = cases else {
         return Err(CliError::Usage("--child runs exactly one case".into()));
     };
-    let figures = memory::measure_isolated(case, dir, &sizes)?;
+    let figures = memory::measure_isolated(case, row, dir, &sizes)?;
     let json = serde_json::to_string(&figures).context(|| "JSON")?;
     println!("{json}");
     Ok(ExitCode::SUCCESS)

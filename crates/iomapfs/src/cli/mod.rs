@@ -191,10 +191,10 @@ pub struct BenchArgs {
     /// --quick].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: Option<u32>,
-    /// Run one round of one memory case in this process and print its figures as JSON (how
-    /// the suite runs those cases, each in a fresh process).
-    #[arg(long, hide = true)]
-    pub child: bool,
+    /// Measure one row of one memory case once in this process and print its figures as JSON
+    /// (how the suite runs those cases, each row of each round in a fresh process).
+    #[arg(long, hide = true, value_name = "ROW")]
+    pub child: Option<usize>,
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {

@@ -3,8 +3,9 @@
 //!
 //! Every engine here reads or writes a `FileDevice` opened O_DIRECT, so the kernel's page
 //! cache holds none of the data. The two memory cases read this process's resident set
-//! (`VmRSS`), so `bench` runs each of their rounds in a fresh process (`measure_isolated`):
-//! heap that other cases freed would otherwise be reused and hide what the cache costs.
+//! (`VmRSS`), so `bench` measures each row of each round in a fresh process
+//! (`measure_isolated`): heap that other cases or rows freed would otherwise be reused and
+//! hide what the cache costs.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -232,15 +233,11 @@ pub fn prepare(case: Case, cfg: &Config, p: &Progress) -> Result<Files> {
     }
 }
 
-/// One round of `case` in this process (a fresh one): the figures of its rows, engine and
-/// baseline.
-pub fn measure_isolated(case: Case, dir: &Path, s: &Sizes) -> Result<Vec<(f64, f64)>> {
-    match case {
-        Case::DirtyMemory => Ok(vec![(
-            dirty_rss(dir, s.dirty_budget)?,
-            s.dirty_budget as f64,
-        )]),
-        Case::Metadata => {
+/// Row `row` of `case`, measured once in this process (a fresh one): engine and baseline.
+pub fn measure_isolated(case: Case, row: usize, dir: &Path, s: &Sizes) -> Result<(f64, f64)> {
+    match (case, row) {
+        (Case::DirtyMemory, 0) => Ok((dirty_rss(dir, s.dirty_budget)?, s.dirty_budget as f64)),
+        (Case::Metadata, 0 | 1) => {
             let path = dir.join("metadata.img");
             if !path.exists() {
                 return Err(fail(format!(
@@ -248,16 +245,13 @@ pub fn measure_isolated(case: Case, dir: &Path, s: &Sizes) -> Result<Vec<(f64, f
                     path.display()
                 )));
             }
-            Ok(vec![
-                (
-                    metadata(&path, s.metadata_cached, false)?,
-                    KERNEL_STRUCT_PAGE_PER_GIB,
-                ),
-                (
-                    metadata(&path, s.metadata_cached, true)?,
-                    KERNEL_STRUCT_PAGE_PER_GIB,
-                ),
-            ])
+            Ok((
+                metadata(&path, s.metadata_cached, row == 1)?,
+                KERNEL_STRUCT_PAGE_PER_GIB,
+            ))
+        }
+        (Case::DirtyMemory | Case::Metadata, _) => {
+            Err(CliError::Usage(format!("{} has no row {row}", case.name())))
         }
         _ => Err(CliError::Usage(format!(
             "{} does not run in a child process (only dirty-memory and metadata do)",
