@@ -309,10 +309,17 @@ impl Mapping {
         self.covering(&shard, pos).map(|f| f.pin())
     }
 
-    /// Runs `f` on the folio holding `pos` with its shard held shared.
-    pub(crate) fn with_folio<R>(&self, pos: u64, f: impl FnOnce(&Folio) -> R) -> Option<R> {
+    /// Runs `f` on the folio holding `pos` with its shard held shared, lending the index's
+    /// reference: the cached read path counts none.
+    pub(crate) fn with_folio<R>(&self, pos: u64, f: impl FnOnce(&Folio<&Frame>) -> R) -> Option<R> {
         let shard: RwLockReadGuard<'_, _> = self.shard(pos).read();
-        self.covering(&shard, pos).map(|folio| f(&folio))
+        shard.with(self.key(pos), |key, frame| {
+            f(&Folio::from_frame(
+                frame,
+                key << self.page_shift,
+                self.block_shift,
+            ))
+        })
     }
 
     /// Puts a new folio's frame in the index, whose shard the caller holds exclusive and

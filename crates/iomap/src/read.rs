@@ -10,10 +10,11 @@
 //! reader's share of `read_bytes_pending` keeps a quick completion from ending a read that is
 //! still being built.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use iomap_dev::{BufRange, DevAddr, DeviceRequest};
+use iomap_dev::{BufRange, DevAddr, DeviceRequest, Frame};
 use tracing::trace;
 
 use crate::error::{libc_errno, Error, Result};
@@ -108,7 +109,12 @@ fn copy_cached(mapping: &Mapping, mut pos: u64, dst: &mut [u8], last: Option<u64
 /// Copies from the uptodate blocks of `folio` at file offset `pos` into `dst` until it is
 /// full, the folio ends or a block is missing; marks the folio accessed unless it holds byte
 /// `last`. Returns the bytes copied.
-fn copy_folio(folio: &Folio, pos: u64, dst: &mut [u8], last: Option<u64>) -> usize {
+fn copy_folio<F: Borrow<Frame>>(
+    folio: &Folio<F>,
+    pos: u64,
+    dst: &mut [u8],
+    last: Option<u64>,
+) -> usize {
     let off = (pos - folio.pos()) as usize;
     let n = uptodate_bytes_from(folio, off).min(dst.len());
     if n > 0 {
@@ -121,7 +127,7 @@ fn copy_folio(folio: &Folio, pos: u64, dst: &mut [u8], last: Option<u64>) -> usi
 }
 
 /// Bytes from folio offset `off` to the first block that is not uptodate (or the folio end).
-fn uptodate_bytes_from(folio: &Folio, off: usize) -> usize {
+fn uptodate_bytes_from<F: Borrow<Frame>>(folio: &Folio<F>, off: usize) -> usize {
     if folio.is_uptodate() {
         return folio.size() - off;
     }

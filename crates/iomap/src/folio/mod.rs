@@ -27,6 +27,7 @@ mod state;
 pub use state::{BlockBitmap, FolioState};
 
 use iomap_dev::{Frame, FrameArena, SharedBuf};
+use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,9 +51,12 @@ const PINS: u32 = 0xffff << 16;
 pub const POISON: u8 = 0x6b;
 
 /// A folio of the page cache: a counted reference, cheap to clone (see the module comment).
+///
+/// `Folio<&Frame>` is a folio seen through a reference its holder lends (the index's, while
+/// its shard is held): the cached read path looks at a folio without counting a reference.
 #[derive(Clone)]
-pub struct Folio {
-    frame: Frame,
+pub struct Folio<F = Frame> {
+    frame: F,
     pos: u64,
     block_shift: u8,
 }
@@ -126,8 +130,15 @@ impl Folio {
         }
     }
 
+    /// Whether `a` and `b` are the same folio.
+    pub fn same(a: &Self, b: &Self) -> bool {
+        Frame::same(&a.frame, &b.frame)
+    }
+}
+
+impl<F: Borrow<Frame>> Folio<F> {
     /// The folio whose frame a mapping's index keeps at `pos`.
-    pub(crate) fn from_frame(frame: Frame, pos: u64, block_shift: u32) -> Self {
+    pub(crate) fn from_frame(frame: F, pos: u64, block_shift: u32) -> Self {
         Self {
             frame,
             pos,
@@ -137,12 +148,16 @@ impl Folio {
 
     /// The frame holding the folio's bytes.
     pub(crate) fn frame(&self) -> &Frame {
-        &self.frame
+        self.frame.borrow()
     }
 
-    /// Whether `a` and `b` are the same folio.
-    pub fn same(a: &Self, b: &Self) -> bool {
-        Frame::same(&a.frame, &b.frame)
+    /// A counted reference to the folio.
+    pub fn counted(&self) -> Folio {
+        Folio {
+            frame: self.frame().clone(),
+            pos: self.pos,
+            block_shift: self.block_shift,
+        }
     }
 
     /// File offset of the first byte.
@@ -152,7 +167,7 @@ impl Folio {
 
     /// Size in bytes.
     pub fn size(&self) -> usize {
-        self.frame.len()
+        self.frame().len()
     }
 
     /// One past the last file byte.
@@ -172,11 +187,11 @@ impl Folio {
 
     /// The folio's bytes as a buffer device requests can carry.
     pub fn data(&self) -> SharedBuf {
-        SharedBuf::from(self.frame.clone())
+        SharedBuf::from(self.frame().clone())
     }
 
     fn flags(&self) -> &AtomicU32 {
-        self.frame.word()
+        self.frame().word()
     }
 
     fn test(&self, bit: u32) -> bool {
@@ -229,7 +244,7 @@ impl Folio {
     pub(crate) fn pin(&self) -> FolioPin {
         let old = self.flags().fetch_add(PIN, Ordering::AcqRel);
         assert!(old & PINS != PINS, "folio {} has too many pins", self.pos);
-        FolioPin(self.clone())
+        FolioPin(self.counted())
     }
 
     /// Pinned by a reader.
@@ -304,7 +319,7 @@ impl Folio {
 
     /// Runs `f` on the folio's state, or on `None` if it has none.
     fn with_state<R>(&self, f: impl FnOnce(Option<&mut FolioState>) -> R) -> R {
-        self.frame
+        self.frame()
             .ext::<FolioExt, _>(|e| f(e.and_then(|e| e.state.as_mut())))
     }
 
@@ -315,7 +330,7 @@ impl Folio {
         if n == 1 {
             return f(None);
         }
-        self.frame.with_ext(FolioExt::default, |e| {
+        self.frame().with_ext(FolioExt::default, |e| {
             let s = e
                 .state
                 .get_or_insert_with(|| FolioState::new(n, self.is_uptodate(), self.is_dirty()));
@@ -382,12 +397,12 @@ impl Folio {
 
     /// Zeroes `len` bytes at `off`; the caller owns the folio lock (possibly handed to I/O).
     pub(crate) fn zero_data(&self, off: usize, len: usize) {
-        self.frame.write()[off..off + len].fill(0);
+        self.frame().write()[off..off + len].fill(0);
     }
 
     /// Copies `dst.len()` bytes from folio offset `off`.
     pub fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        dst.copy_from_slice(&self.frame.read()[off..off + dst.len()]);
+        dst.copy_from_slice(&self.frame().read()[off..off + dst.len()]);
     }
 
     /// Flags and per-block bits, for tests and diagnostics.
@@ -435,7 +450,7 @@ impl Folio {
     pub fn try_lock(&self) -> Option<FolioGuard> {
         let old = self.flags().fetch_or(LOCKED, Ordering::AcqRel);
         (old & LOCKED == 0).then(|| FolioGuard {
-            folio: Some(self.clone()),
+            folio: Some(self.counted()),
         })
     }
 
@@ -457,7 +472,7 @@ impl Folio {
             // Announce the waiter before sleeping; the sleep re-checks both bits under the
             // wait queue's lock, so a clearer either sees WAITERS or we see its cleared bit.
             self.flags().fetch_or(WAITERS, Ordering::SeqCst);
-            self.frame.park_while_set(bit | WAITERS);
+            self.frame().park_while_set(bit | WAITERS);
         }
     }
 
@@ -466,7 +481,7 @@ impl Folio {
         debug_assert!(old & bit != 0, "clearing flag {bit:#x} that was not set");
         if old & WAITERS != 0 || self.flags().load(Ordering::SeqCst) & WAITERS != 0 {
             self.flags().fetch_and(!WAITERS, Ordering::SeqCst);
-            self.frame.unpark_all();
+            self.frame().unpark_all();
         }
     }
 
@@ -481,8 +496,8 @@ impl Folio {
     /// `read_bytes_pending` until it either hands parts to device requests or gives the rest
     /// back, so that no completion can end the read while it is still being built.
     pub(crate) fn begin_read(&self) {
-        if self.frame.has_ext() {
-            self.frame.ext::<FolioExt, _>(|e| {
+        if self.frame().has_ext() {
+            self.frame().ext::<FolioExt, _>(|e| {
                 if let Some(e) = e {
                     e.read_error = 0;
                 }
@@ -522,14 +537,14 @@ impl Folio {
 
     /// Records a failed read so that a waiting reader can report its errno.
     pub(crate) fn set_read_error(&self, errno: i32) {
-        self.frame
+        self.frame()
             .with_ext(FolioExt::default, |e| e.read_error = errno);
     }
 
     /// The errno of the last failed read, if any.
     pub(crate) fn read_error(&self) -> Option<i32> {
         match self
-            .frame
+            .frame()
             .ext::<FolioExt, _>(|e| e.map_or(0, |e| e.read_error))
         {
             0 => None,
@@ -587,7 +602,7 @@ impl Folio {
     }
 }
 
-impl fmt::Debug for Folio {
+impl<F: Borrow<Frame>> fmt::Debug for Folio<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Folio")
             .field("pos", &self.pos)
@@ -653,7 +668,7 @@ impl FolioGuard {
 
     /// Copies `src` into the folio at `off`.
     pub fn copy_in(&self, off: usize, src: &[u8]) {
-        self.frame.write()[off..off + src.len()].copy_from_slice(src);
+        self.frame().write()[off..off + src.len()].copy_from_slice(src);
     }
 
     /// Zeroes `len` bytes at `off`.

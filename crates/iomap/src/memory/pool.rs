@@ -33,6 +33,8 @@ pub struct PoolStats {
     pub live_bytes: u64,
     /// Bytes of descriptors, one per page of memory the pool has mapped.
     pub descriptor_bytes: u64,
+    /// Bytes of free memory given back to the kernel, to be faulted in afresh when reused.
+    pub trimmed_bytes: u64,
 }
 
 impl BufPool {
@@ -71,6 +73,7 @@ impl BufPool {
             held_bytes: s.held_bytes,
             live_bytes: s.live_bytes,
             descriptor_bytes: s.descriptor_bytes,
+            trimmed_bytes: s.trimmed_bytes,
         }
     }
 }
