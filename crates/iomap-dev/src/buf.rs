@@ -186,7 +186,7 @@ fn map_anonymous(len: usize) -> *mut libc::c_void {
 }
 
 /// The system's page size.
-fn system_page_size() -> usize {
+pub(crate) fn system_page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *PAGE.get_or_init(|| {
         // SAFETY: sysconf reads a constant of the system.

@@ -29,22 +29,27 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 use parking_lot_core::{DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN};
 
-use crate::buf::IoBuf;
+use crate::buf::{system_page_size, IoBuf};
 
-/// The reference count: the low 16 bits of the arena's word.
-const REFS: u32 = 0xffff;
+/// The reference count: the low 20 bits of the arena's word.
+const REFS: u32 = 0xf_ffff;
 /// One reader of the frame's bytes.
-const READER: u32 = 1 << 16;
+const READER: u32 = 1 << 20;
 /// The count of readers.
-const READERS: u32 = 0xff << 16;
+const READERS: u32 = 0xff << 20;
 /// A writer holds the bytes.
-const WRITER: u32 = 1 << 24;
+const WRITER: u32 = 1 << 28;
+/// A writer waits for the bytes: readers that would wait let it go first.
+const WRITER_WAITING: u32 = 1 << 29;
 /// Someone sleeps waiting for the bytes' lock.
-const DATA_WAITERS: u32 = 1 << 25;
+const DATA_WAITERS: u32 = 1 << 30;
 /// The frame has an extension (see [`Frame::with_ext`]).
-const HAS_EXT: u32 = 1 << 26;
-/// The frame's order (log2 of its units) is the top five bits.
-const ORDER_SHIFT: u32 = 27;
+const HAS_EXT: u32 = 1 << 31;
+/// The frame's order (log2 of its units) is kept in bits 10 to 14 of the owner's word, which
+/// the owner leaves alone (see [`Frame::word`]).
+const ORDER_SHIFT: u32 = 10;
+/// The owner's word's bits that are the arena's.
+pub const FRAME_ORDER_BITS: u32 = 0x1f << ORDER_SHIFT;
 
 /// Chunks are at least this big (a huge page).
 const MIN_CHUNK: usize = 2 << 20;
@@ -126,16 +131,30 @@ impl Free {
     /// The runs of resident units in `[id, id + n)`, as (first id, units).
     fn resident_runs(&self, id: u32, n: usize, max_order: u32) -> Vec<(u32, usize)> {
         let (c, first) = self.at(id, max_order);
-        let mut runs: Vec<(u32, usize)> = Vec::new();
-        for u in first..first + n {
-            if self.resident[c][u / 64] & 1 << (u % 64) == 0 {
+        let bits = &self.resident[c];
+        let set = |u: usize| bits[u / 64] & 1 << (u % 64) != 0;
+        let end = first + n;
+        let mut runs = Vec::new();
+        let mut u = first;
+        while u < end {
+            let rest = bits[u / 64] >> (u % 64);
+            if rest == 0 {
+                u = (u / 64 + 1) * 64;
                 continue;
             }
-            let uid = id + (u - first) as u32;
-            match runs.last_mut() {
-                Some((start, len)) if *start + *len as u32 == uid => *len += 1,
-                _ => runs.push((uid, 1)),
+            u += rest.trailing_zeros() as usize;
+            if u >= end {
+                break;
             }
+            let start = u;
+            while u < end && set(u) {
+                u += if u % 64 == 0 && u + 64 <= end && bits[u / 64] == u64::MAX {
+                    64
+                } else {
+                    1
+                };
+            }
+            runs.push((id + (start - first) as u32, u - start));
         }
         runs
     }
@@ -271,6 +290,11 @@ impl FrameArena {
             self.unit(),
             self.max_frame()
         );
+        assert_eq!(
+            word & FRAME_ORDER_BITS,
+            0,
+            "the owner's word may not use the arena's bits"
+        );
         let order = len.trailing_zeros() - a.unit_shift;
         let id = {
             let mut free = a.free.lock();
@@ -307,8 +331,8 @@ impl FrameArena {
         let slot = a.slot(id);
         let idx = id - slot.chunk.first_id;
         let d = &slot.chunk.desc[idx as usize];
-        d.word.store(word, Ordering::Relaxed);
-        d.state.store(1 | order << ORDER_SHIFT, Ordering::Release);
+        d.word.store(word | order << ORDER_SHIFT, Ordering::Relaxed);
+        d.state.store(1, Ordering::Release);
         // The frame holds a count of its chunk while it is allocated; handles share it.
         let _ = Arc::into_raw(Arc::clone(&slot.chunk));
         Frame::at(slot, idx)
@@ -339,7 +363,10 @@ impl FrameArena {
         });
         let leaf = a.dir[n as usize / LEAF_CHUNKS]
             .get_or_init(|| (0..LEAF_CHUNKS).map(|_| OnceLock::new()).collect());
-        let desc = NonNull::from(&chunk.desc[0]);
+        // The whole array's address, so pointers derived from it may reach every element.
+        let Some(desc) = NonNull::new(chunk.desc.as_ptr().cast_mut()) else {
+            unreachable!("a boxed slice's address is not null");
+        };
         let unit_shift = a.unit_shift as u8;
         if leaf[n as usize % LEAF_CHUNKS]
             .set(Slot {
@@ -368,10 +395,15 @@ impl FrameArena {
         if a.held_bytes.load(Ordering::Relaxed) <= keep {
             return;
         }
+        let unit = 1u64 << a.unit_shift;
+        // Memory goes back in whole pages of the system: a unit smaller than one shares its
+        // page with its neighbours, which may be live.
+        let per_page = (system_page_size() as u64 / unit).max(1) as u32;
         let mut free = a.free.lock();
         for k in (0..=a.max_order).rev() {
-            let blocks: Vec<u32> = free.lists[k as usize].iter().rev().copied().collect();
-            for id in blocks {
+            let mut below = u32::MAX;
+            while let Some(&id) = free.lists[k as usize].range(..below).next_back() {
+                below = id;
                 for (run, units) in free
                     .resident_runs(id, 1 << k, a.max_order)
                     .into_iter()
@@ -381,16 +413,24 @@ impl FrameArena {
                     if held <= keep {
                         return;
                     }
-                    // The run's last units, as many as bring the held bytes down to `keep`.
-                    let n = units.min(((held - keep) >> a.unit_shift).max(1) as usize);
-                    let first = run + (units - n) as u32;
+                    // Chunks are aligned to their size, so a unit id aligned to `per_page`
+                    // is a page-aligned address.
+                    let lo = run.next_multiple_of(per_page);
+                    let hi = (run + units as u32) / per_page * per_page;
+                    if hi <= lo {
+                        continue;
+                    }
+                    // The run's last whole pages, as many as bring the held bytes to `keep`.
+                    let want = ((held - keep).div_ceil(unit) as u32).next_multiple_of(per_page);
+                    let n = (hi - lo).min(want);
+                    let first = hi - n;
                     let chunk = &a.slot(first).chunk;
                     let off = ((first - chunk.first_id) as usize) << a.unit_shift;
-                    let len = n << a.unit_shift;
-                    // SAFETY: the range is part of one free frame inside the chunk's
-                    // mapping; no handle or guard refers to a free frame, so nothing reads
-                    // or writes it meanwhile (the free lists are locked). MADV_DONTNEED
-                    // leaves the mapping valid, reading as zero.
+                    let len = (n as usize) << a.unit_shift;
+                    // SAFETY: the range is whole pages of the system inside one free block of
+                    // the chunk's mapping; no handle or guard refers to a free frame, so
+                    // nothing reads or writes it meanwhile (the free lists are locked).
+                    // MADV_DONTNEED leaves the mapping valid, reading as zero.
                     let rc = unsafe {
                         libc::madvise(
                             chunk.base.as_ptr().add(off).cast(),
@@ -399,7 +439,7 @@ impl FrameArena {
                         )
                     };
                     if rc == 0 {
-                        free.set_resident(first, n, a.max_order, false);
+                        free.set_resident(first, n as usize, a.max_order, false);
                         a.held_bytes.fetch_sub(len as u64, Ordering::Relaxed);
                         a.trimmed.fetch_add(len as u64, Ordering::Relaxed);
                     }
@@ -520,7 +560,11 @@ impl Frame {
             desc,
             data,
             unit_shift: slot.unit_shift,
-            chunk: NonNull::from(&*slot.chunk),
+            // The `Arc`'s own pointer, as `Arc::from_raw` in `release` requires.
+            chunk: match NonNull::new(Arc::as_ptr(&slot.chunk).cast_mut()) {
+                Some(chunk) => chunk,
+                None => unreachable!("an Arc's address is not null"),
+            },
             idx,
         }
     }
@@ -534,7 +578,7 @@ impl Frame {
 
     #[inline]
     fn order(&self) -> u32 {
-        self.desc().state.load(Ordering::Relaxed) >> ORDER_SHIFT
+        (self.desc().word.load(Ordering::Relaxed) & FRAME_ORDER_BITS) >> ORDER_SHIFT
     }
 
     /// Size in bytes.
@@ -571,7 +615,9 @@ impl Frame {
         (self.desc() as *const Desc).cast()
     }
 
-    /// The owner's word.
+    /// The owner's word. Its bits [`FRAME_ORDER_BITS`] hold the frame's order and are the
+    /// arena's: the owner sets and clears only its own bits (`fetch_or`, `fetch_and`), never
+    /// stores the whole word.
     #[inline]
     pub fn word(&self) -> &AtomicU32 {
         &self.desc().word
@@ -622,7 +668,14 @@ impl Frame {
         let mut spins = 0;
         loop {
             let s = st.load(Ordering::Relaxed);
-            if s & WRITER == 0 && s & READERS != READERS {
+            // A reader that would wait lets a waiting writer go first, so a stream of
+            // readers cannot starve writers; a try ignores waiting writers.
+            let blocked = if wait {
+                WRITER | WRITER_WAITING
+            } else {
+                WRITER
+            };
+            if s & blocked == 0 && s & READERS != READERS {
                 if st
                     .compare_exchange_weak(s, s + READER, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
@@ -634,7 +687,7 @@ impl Frame {
             if !wait {
                 return false;
             }
-            if s & WRITER == 0 {
+            if s & blocked == 0 {
                 // As many readers as the count holds: one will be gone soon.
                 std::thread::yield_now();
                 continue;
@@ -644,7 +697,7 @@ impl Frame {
                 std::hint::spin_loop();
                 continue;
             }
-            self.sleep_on_data(s, WRITER);
+            self.sleep_on_data(s, 0, WRITER | WRITER_WAITING);
         }
     }
 
@@ -655,8 +708,10 @@ impl Frame {
         loop {
             let s = st.load(Ordering::Relaxed);
             if s & (WRITER | READERS) == 0 {
+                // Taking the lock ends this writer's wait; others waiting set the bit again.
+                let taken = (s | WRITER) & !WRITER_WAITING;
                 if st
-                    .compare_exchange_weak(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(s, taken, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
                     return true;
@@ -671,17 +726,18 @@ impl Frame {
                 std::hint::spin_loop();
                 continue;
             }
-            self.sleep_on_data(s, WRITER | READERS);
+            self.sleep_on_data(s, WRITER_WAITING, WRITER | READERS);
         }
     }
 
-    /// Announces a waiter and sleeps while any of `busy` is held, as the state `s` last read
-    /// showed. Returns to retry.
-    fn sleep_on_data(&self, s: u32, busy: u32) {
+    /// Announces a waiter (and sets `mark`) and sleeps while any of `busy` is held, as the
+    /// state `s` last read showed. Returns to retry.
+    fn sleep_on_data(&self, s: u32, mark: u32, busy: u32) {
         let st = &self.desc().state;
-        if s & DATA_WAITERS == 0
+        let want = s | DATA_WAITERS | mark;
+        if want != s
             && st
-                .compare_exchange_weak(s, s | DATA_WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(s, want, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
             return;
@@ -911,7 +967,7 @@ impl Frame {
             let gone = self.chunk().ext.lock().remove(&self.idx);
             drop(gone);
         }
-        let order = old >> ORDER_SHIFT;
+        let order = self.order();
         self.desc().state.store(0, Ordering::Relaxed);
         if let Some(arena) = self.chunk().arena.upgrade() {
             arena.free(self.id(), order);
@@ -1286,7 +1342,7 @@ mod tests {
     fn bytes_are_locked_and_shared_between_handles() {
         let arena = FrameArena::new(4096, 65536);
         let f = arena.alloc(16384, 7);
-        assert_eq!(f.word().load(Ordering::Relaxed), 7);
+        assert_eq!(f.word().load(Ordering::Relaxed) & !FRAME_ORDER_BITS, 7);
         f.write()[..4].copy_from_slice(b"abcd");
         let g = f.clone();
         assert_eq!(f.refs(), 2);
@@ -1494,5 +1550,64 @@ mod tests {
         });
         assert_eq!(f.refs(), 1);
         assert!(f.try_write().is_some(), "every lock was let go");
+    }
+
+    #[test]
+    fn trimming_units_smaller_than_a_page_never_touches_live_neighbours() {
+        let arena = FrameArena::new(512, 4096);
+        let frames: Vec<Frame> = (0..64u8)
+            .map(|i| {
+                let f = arena.alloc(512, 0);
+                f.write().fill(i + 1);
+                f
+            })
+            .collect();
+        // Free every other unit: no page of the system is wholly free.
+        let (kept, gone): (Vec<_>, Vec<_>) = frames.into_iter().partition(|f| f.id() % 2 == 0);
+        drop(gone);
+        let before = arena.stats().held_bytes;
+        arena.trim(0);
+        assert_eq!(
+            arena.stats().held_bytes,
+            before,
+            "no whole free page to give back"
+        );
+        for f in &kept {
+            let want = f.read()[0];
+            assert!(
+                want != 0 && f.read().iter().all(|&b| b == want),
+                "a live frame changed"
+            );
+        }
+        // Freed whole pages do go back.
+        drop(kept);
+        arena.trim(0);
+        assert_eq!(arena.stats().held_bytes, 0);
+    }
+
+    #[test]
+    fn a_waiting_writer_goes_before_readers_that_come_after_it() {
+        let arena = FrameArena::new(4096, 4096);
+        let f = arena.alloc(4096, 0);
+        let order = AtomicU32::new(0);
+        let held = f.read();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let _w = f.write();
+                order.fetch_add(1, Ordering::SeqCst)
+            });
+            // Wait until the writer has announced itself.
+            while f.desc().state.load(Ordering::SeqCst) & WRITER_WAITING == 0 {
+                std::thread::yield_now();
+            }
+            assert!(f.try_read().is_some(), "a try still shares with the reader");
+            let reader = s.spawn(|| {
+                let _r = f.read();
+                order.fetch_add(1, Ordering::SeqCst)
+            });
+            drop(held);
+            assert_eq!(writer.join().unwrap(), 0, "the writer went first");
+            assert_eq!(reader.join().unwrap(), 1);
+        });
     }
 }

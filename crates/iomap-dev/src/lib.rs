@@ -36,7 +36,7 @@ pub use fault::{FaultDevice, FaultKind, FaultRule, InjectedFault};
 pub use file::FileDevice;
 pub use frames::{
     ArenaStats, Frame, FrameArena, FrameRange, FrameRead, FrameTable, FrameWrite, OwnedFrameRead,
-    OwnedFrameWrite,
+    OwnedFrameWrite, FRAME_ORDER_BITS,
 };
 pub use log::{LogDevice, LoggedRequest};
 pub use mem::MemDevice;

@@ -98,7 +98,11 @@ impl Mapping {
         }
         let config = cache.config();
         let min_folio = config.page_size.max(block_size as usize);
-        let max_folio = config.max_folio_size.max(min_folio);
+        // A folio's I/O counts a reference or two per device request, and a frame counts up
+        // to about a million: a folio is never more than 65536 requests.
+        let per_requests = dev.max_request_bytes().saturating_mul(1 << 16).min(1 << 62);
+        let by_requests = 1usize << (63 - per_requests.leading_zeros());
+        let max_folio = config.max_folio_size.min(by_requests).max(min_folio);
         let shards = (0..SHARDS)
             .map(|_| RwLock::new(FrameTable::new(cache.pool().arena())))
             .collect();

@@ -42,6 +42,22 @@ const READAHEAD: u32 = 1 << 6;
 const REFERENCED: u32 = 1 << 7;
 const ACTIVE: u32 = 1 << 8;
 const DROPBEHIND: u32 = 1 << 9;
+// Bits 10 to 14 are the arena's (`FRAME_ORDER_BITS`).
+const _: () = assert!(
+    (LOCKED
+        | UPTODATE
+        | DIRTY
+        | WRITEBACK
+        | WAITERS
+        | DETACHED
+        | READAHEAD
+        | REFERENCED
+        | ACTIVE
+        | DROPBEHIND
+        | 0xffff << 16)
+        & iomap_dev::FRAME_ORDER_BITS
+        == 0
+);
 /// One reader's pin: the pin count is the word's top half.
 const PIN: u32 = 1 << 16;
 const PINS: u32 = 0xffff << 16;
@@ -242,8 +258,15 @@ impl<F: Borrow<Frame>> Folio<F> {
     /// the folio's index shard held or the folio locked, so eviction, which checks with both
     /// held, never misses a pin.
     pub(crate) fn pin(&self) -> FolioPin {
-        let old = self.flags().fetch_add(PIN, Ordering::AcqRel);
-        assert!(old & PINS != PINS, "folio {} has too many pins", self.pos);
+        let flags = self.flags();
+        let mut f = flags.load(Ordering::Relaxed);
+        loop {
+            assert!(f & PINS != PINS, "folio {} has too many pins", self.pos);
+            match flags.compare_exchange_weak(f, f + PIN, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => f = now,
+            }
+        }
         FolioPin(self.counted())
     }
 
