@@ -448,6 +448,11 @@ impl FrameArena {
         }
     }
 
+    /// Bytes of free memory held resident, without the lock [`FrameArena::stats`] takes.
+    pub fn held_bytes(&self) -> u64 {
+        self.inner.held_bytes.load(Ordering::Relaxed)
+    }
+
     /// What the arena holds.
     pub fn stats(&self) -> ArenaStats {
         let a = &self.inner;

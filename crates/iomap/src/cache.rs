@@ -104,13 +104,13 @@ impl PageCache {
         self.reclaimer.register(mapping);
     }
 
-    /// Bounds the free folio buffers kept for reuse (64 MiB by default; the budget once one
-    /// is set with [`Self::set_limits`], which covers them).
+    /// Bounds the free folio memory kept resident for reuse (64 MiB by default; the budget
+    /// once one is set with [`Self::set_limits`], which covers it).
     pub fn set_pool_max_bytes(&self, bytes: u64) {
         self.pool.set_max_bytes(bytes);
     }
 
-    /// Frees pooled buffers past `bytes`, the sizes least recently asked for first.
+    /// Gives free folio memory past `bytes` back to the kernel (see `FrameArena::trim`).
     pub(crate) fn trim_pool(&self, bytes: u64) {
         self.pool.shrink_to(bytes);
     }
@@ -119,7 +119,7 @@ impl PageCache {
         &self.pool
     }
 
-    /// What the pool of free folio buffers has done and holds.
+    /// What the pool of folio memory has done and holds.
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
     }
@@ -153,8 +153,8 @@ impl PageCache {
         limits.check()?;
         self.throttle.set_limits(limits);
         if limits.budget_bytes != u64::MAX {
-            // The budget covers pooled buffers too (see `after_add`): the pool may keep as
-            // many as fit in it.
+            // The budget covers the pool's free memory too (see `after_add`): it may keep as
+            // much as fits in it.
             self.pool.set_max_bytes(limits.budget_bytes);
             self.flusher.kick();
         }
@@ -208,26 +208,24 @@ impl PageCache {
         sync_mappings(files.iter().map(|(m, ops)| (m, ops)))
     }
 
-    /// Keeps the cache within its budget after a folio was added. Folio buffers in use stay
-    /// within the budget, and with the free ones the pool keeps for reuse, within a
-    /// sixteenth more. When either is passed, clean folios are evicted until those in use are
-    /// a reserve below the budget (their buffers go to the pool, so the next folios reuse
-    /// them instead of faulting in fresh memory), and pooled buffers past what then fits are
-    /// freed. Looks at a bounded number of folios. Called with no shard lock held; the new
-    /// folio is locked, so it is not a candidate.
+    /// Keeps the cache within its budget after a folio was added. Folio memory in use stays
+    /// within the budget, and with the free memory the pool keeps resident for reuse, within
+    /// a sixteenth more. When either is passed, clean folios are evicted until those in use
+    /// are a reserve below the budget (their frames go back to the pool, so the next folios
+    /// reuse that memory instead of faulting in fresh memory), and free memory past what then
+    /// fits is given back. Looks at a bounded number of folios. Called with no shard lock
+    /// held; the new folio is locked, so it is not a candidate.
     pub(crate) fn after_add(&self) {
         let budget = self.throttle.budget();
         if budget == u64::MAX {
             return;
         }
-        // Room for pooled buffers of other sizes than the next folios want: folio sizes
-        // follow the I/O, and freeing each buffer that does not fit at once would fault in a
-        // fresh one for nearly every folio.
+        // Room for free memory in runs of other sizes than the next folios want: folio sizes
+        // follow the I/O, and giving back each run that does not fit at once would fault in
+        // fresh memory for nearly every folio.
         let slack = budget / 16;
         let g = self.gauges.snapshot();
-        if g.cached_bytes <= budget
-            && g.cached_bytes + self.pool.stats().held_bytes <= budget + slack
-        {
+        if g.cached_bytes <= budget && g.cached_bytes + self.pool.held_bytes() <= budget + slack {
             return;
         }
         // A 64th of the budget, at least 1 MiB (or an eighth of a small budget), at most 4 MiB.

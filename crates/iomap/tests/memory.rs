@@ -1,6 +1,6 @@
 //! The cache within its memory limits: a budget kept by reclaim as folios are added, dirty
 //! data held under its limits by throttled writers and the flusher, and dirty data written
-//! back when it expires. Figures come from the cache's own gauges and its buffer pool's
+//! back when it expires. Figures come from the cache's own gauges and its memory pool's
 //! counters.
 
 #![allow(

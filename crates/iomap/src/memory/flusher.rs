@@ -240,8 +240,8 @@ fn pass(cache: &PageCache) {
             // Down to 15/16 of the budget, so allocations find room without reclaiming.
             cache.reclaim(cached - budget / 16 * 15);
         }
-        // Free buffers beyond what a busy cache reuses between passes (after files were
-        // truncated or dropped, say) go back to the system rather than wait for the next
+        // Free memory beyond what a busy cache reuses between passes (after files were
+        // truncated or dropped, say) goes back to the system rather than wait for the next
         // allocation over the budget.
         cache.trim_pool(budget / 8);
     }

@@ -1,4 +1,4 @@
-//! Memory management around the cache: reusing folio buffers, choosing what to evict when it
+//! Memory management around the cache: reusing folio memory, choosing what to evict when it
 //! must shrink, holding dirty data within limits, and the flusher that writes it back.
 
 mod dirty;

@@ -64,6 +64,11 @@ impl BufPool {
             .trim(max.min(self.max_bytes.load(Ordering::Relaxed)));
     }
 
+    /// Bytes of free memory held now (a load, where [`Self::stats`] takes the arena's lock).
+    pub fn held_bytes(&self) -> u64 {
+        self.arena.held_bytes()
+    }
+
     /// What the pool has done and holds.
     pub fn stats(&self) -> PoolStats {
         let s = self.arena.stats();
