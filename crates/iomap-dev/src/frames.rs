@@ -468,11 +468,6 @@ impl FrameArena {
             trimmed_bytes: a.trimmed.load(Ordering::Relaxed),
         }
     }
-
-    /// Whether `frame` came from this arena.
-    pub fn owns(&self, frame: &Frame) -> bool {
-        std::ptr::eq(frame.chunk().arena.as_ptr(), Arc::as_ptr(&self.inner))
-    }
 }
 
 impl Arena {

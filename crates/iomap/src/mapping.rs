@@ -297,8 +297,8 @@ impl Mapping {
     /// Whether the index holds `folio` itself (not another folio at its offset).
     fn holds(&self, table: &FrameTable, folio: &Folio) -> bool {
         table
-            .get(self.key(folio.pos()))
-            .is_some_and(|(_, f)| Frame::same(&f, folio.frame()))
+            .with(self.key(folio.pos()), |_, f| Frame::same(f, folio.frame()))
+            .unwrap_or(false)
     }
 
     /// The cached folio holding `pos`, if any.
